@@ -1,0 +1,33 @@
+# Fleetgate: `make up` runs the embedded stack, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+PORT ?= 8080
+
+.PHONY: up test bench bench-quick install clean lint
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@rm -f $(VENV)/.installed-*
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+up: $(STAMP)
+	$(VENV)/bin/opsctl up --port $(PORT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/gateway.py
+	$(PY) benchmarks/lake.py
+
+bench-quick: $(STAMP)
+	$(PY) benchmarks/gateway.py --quick --skip-litellm
+
+clean:
+	rm -rf .fleetgate .bench build *.egg-info

@@ -1,0 +1,203 @@
+"""DuckDB over the lake: the `usage` view, canned reports (spend, latency, errors, exports) and guarded SQL.
+
+Local lakes are read with DuckDB's Parquet reader; S3 lakes through a pyarrow dataset (no httpfs here).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import duckdb
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from analytics_lake.catalog import effective_files
+from analytics_lake.errors import LakeError, LakeInputError
+from analytics_lake.location import Lake, LakeConfig, open_lake
+from analytics_lake.report_args import DIMENSIONS, month_range, resolve_by, since_bound
+from analytics_lake.schema import USAGE_SCHEMA
+from analytics_lake.sql_guard import check_read_only
+
+_PARTITIONS = pa.schema([("dt", pa.date32()), ("hour", pa.int32())])
+_COST = "CAST(sum(cost_micros) AS DECIMAL(38,0)) * CAST(0.000001 AS DECIMAL(7,6))"
+
+
+class LakeQuery:
+    """Read-only DuckDB session over the lake (not thread-safe: one per thread).
+
+    Args:
+        config: the lake.
+        org: if given, the `usage` view itself only contains this org's rows (for org-scoped callers).
+        max_age_s: re-list the lake's files when the snapshot is older than this.
+        threads: DuckDB worker threads (default: all cores).
+    """
+
+    def __init__(self, config: LakeConfig | Lake, *, org: str | None = None, max_age_s: float = 2.0,
+                 threads: int | None = None) -> None:
+        self.lake = open_lake(config)
+        self.org = org
+        self._max_age_s = max_age_s
+        self._threads = threads
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._listed_at = 0.0
+        self.files: list[str] = []
+
+    # -- connection -----------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Re-list the lake and rebuild the `usage` view (new files, finished compactions)."""
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+        self.files = effective_files(self.lake)
+        con = duckdb.connect(config={"threads": self._threads} if self._threads else {})
+        scope = ""
+        if self.org is not None:
+            scope = " WHERE org_id = " + "'" + self.org.replace("'", "''") + "'"
+        if not self.files:
+            empty = pa.schema([*USAGE_SCHEMA, *_PARTITIONS]).empty_table()
+            con.register("_usage_source", empty)
+            con.execute(f"CREATE VIEW usage AS SELECT * FROM _usage_source{scope}").fetchall()
+        elif self.lake.is_local:
+            files = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in self.files) + "]"
+            con.execute(
+                f"CREATE VIEW usage AS SELECT * FROM read_parquet({files}, hive_partitioning=true, "
+                f"hive_types={{'dt': DATE, 'hour': INTEGER}}, union_by_name=true){scope}"
+            ).fetchall()
+            con.execute("SET allowed_directories=[" + "'" + self.lake.usage_root.replace("'", "''") + "/']").fetchall()
+        else:
+            dataset = ds.dataset(
+                self.files, filesystem=self.lake.fs, format="parquet", schema=pa.schema([*USAGE_SCHEMA, *_PARTITIONS]),
+                partitioning=ds.partitioning(_PARTITIONS, flavor="hive"), partition_base_dir=self.lake.usage_root,
+            )
+            con.register("_usage_source", dataset)
+            con.execute(f"CREATE VIEW usage AS SELECT * FROM _usage_source{scope}").fetchall()
+        con.execute("SET parquet_metadata_cache=true").fetchall()
+        con.execute("SET python_enable_replacements=false").fetchall()
+        con.execute("SET enable_external_access=false").fetchall()
+        con.execute("SET lock_configuration=true").fetchall()
+        self._con = con
+        self._listed_at = time.monotonic()
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    def __enter__(self) -> LakeQuery:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self, sql: str, params: Sequence[object] = ()) -> pa.Table:
+        if self._con is None or time.monotonic() - self._listed_at > self._max_age_s:
+            self.refresh()
+        for attempt in (1, 2):
+            assert self._con is not None
+            try:
+                return self._con.sql(sql, params=list(params) or None).to_arrow_table()
+            except duckdb.IOException as e:  # a file went away (compaction): list again, once
+                if attempt == 2:
+                    raise LakeError(f"reading the lake failed: {str(e).splitlines()[0]}") from e
+                self.refresh()
+            except (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException,
+                    duckdb.ConversionException, duckdb.InvalidInputException) as e:
+                raise LakeInputError(f"query failed: {str(e).splitlines()[0]}") from e
+            except duckdb.Error as e:
+                raise LakeError(f"query failed: {str(e).splitlines()[0]}") from e
+        raise AssertionError("unreachable")
+
+    # -- ad-hoc SQL -----------------------------------------------------------------------
+
+    def sql(self, query: str) -> pa.Table:
+        """Run one read-only query over the `usage` view.
+
+        Raises:
+            QueryRefused: not a single SELECT/WITH/EXPLAIN/DESCRIBE/SUMMARIZE over `usage`.
+            LakeInputError: the query is invalid (syntax, unknown column, ...).
+        """
+        return self._run(check_read_only(query))
+
+    # -- reports --------------------------------------------------------------------------
+
+    @staticmethod
+    def _where(since: datetime | timedelta | str | None, org: str | None,
+               extra: str = "") -> tuple[str, list[object]]:
+        clauses, params = [], []
+        bound = since_bound(since)
+        if bound is not None:
+            clauses += ["dt >= CAST(? AS DATE)", "ts >= ?"]
+            params += [bound.date().isoformat(), bound]
+        if org is not None:
+            clauses.append("org_id = ?")
+            params.append(org)
+        if extra:
+            clauses.append(extra)
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+    def spend(self, by: str | Sequence[str] = "org", *, since: datetime | timedelta | str | None = None,
+              org: str | None = None) -> pa.Table:
+        """Requests, tokens and cost (exact, DECIMAL USD) grouped by org|key|model|day (or several)."""
+        cols = resolve_by(by, ("org", "key", "model", "day", "user", "environment", "release", "endpoint"))
+        where, params = self._where(since, org)
+        return self._run(
+            f"SELECT {cols}, count(*) AS requests, CAST(sum(prompt_tokens) AS BIGINT) AS prompt_tokens, "
+            f"CAST(sum(completion_tokens) AS BIGINT) AS completion_tokens, {_COST} AS cost_usd "
+            f"FROM usage{where} GROUP BY ALL ORDER BY ALL", params)
+
+    def latency(self, by: str | Sequence[str] = "model", *, since: datetime | timedelta | str | None = None,
+                org: str | None = None) -> pa.Table:
+        """p50/p95/p99 of total latency and of time to first token (ms), grouped by model|endpoint|..."""
+        cols = resolve_by(by, ("model", "endpoint", "release", "environment", "org", "key", "day"))
+        where, params = self._where(since, org)
+        return self._run(
+            f"SELECT {cols}, count(*) AS requests, "
+            f"quantile_cont(latency_ms, 0.5) AS latency_p50_ms, quantile_cont(latency_ms, 0.95) AS latency_p95_ms, "
+            f"quantile_cont(latency_ms, 0.99) AS latency_p99_ms, quantile_cont(ttft_ms, 0.5) AS ttft_p50_ms, "
+            f"quantile_cont(ttft_ms, 0.95) AS ttft_p95_ms, quantile_cont(ttft_ms, 0.99) AS ttft_p99_ms "
+            f"FROM usage{where} GROUP BY ALL ORDER BY ALL", params)
+
+    def errors(self, by: str | Sequence[str] = "model", *, since: datetime | timedelta | str | None = None,
+               org: str | None = None) -> pa.Table:
+        """Requests, errors (status ≥ 400) and error rate grouped by model|error_type|status|endpoint|..."""
+        cols = resolve_by(by, ("model", "error_type", "status", "endpoint", "release", "org", "key", "day"))
+        where, params = self._where(since, org)
+        return self._run(
+            f"SELECT {cols}, count(*) AS requests, count(*) FILTER (WHERE status >= 400) AS errors, "
+            f"count(*) FILTER (WHERE status >= 400) / count(*) AS error_rate "
+            f"FROM usage{where} GROUP BY ALL ORDER BY ALL", params)
+
+    def top_keys(self, n: int = 10, *, since: datetime | timedelta | str | None = None,
+                 org: str | None = None) -> pa.Table:
+        """The `n` API keys with the highest spend."""
+        if n < 1:
+            raise LakeInputError(f"n={n} is invalid: expected a positive integer")
+        where, params = self._where(since, org)
+        return self._run(
+            f"SELECT key_id, org_id, count(*) AS requests, "
+            f"CAST(sum(prompt_tokens + completion_tokens) AS BIGINT) AS tokens, {_COST} AS cost_usd "
+            f"FROM usage{where} GROUP BY ALL ORDER BY cost_usd DESC, key_id LIMIT {int(n)}", params)
+
+    def freshness(self) -> pa.Table:
+        """Newest event time, its age in seconds, rows and files: is the pipeline keeping up?"""
+        table = self._run("SELECT max(ts) AS newest_ts, count(*) AS rows FROM usage")
+        newest = table.column("newest_ts")[0].as_py()
+        lag = (datetime.now(UTC) - newest).total_seconds() if newest else None
+        return table.append_column("lag_s", pa.array([lag], pa.float64())).append_column(
+            "files", pa.array([len(self.files)], pa.int64()))
+
+    def export_month(self, month: str, *, org: str | None = None) -> pa.Table:
+        """One row per org × day × model of `month` ('YYYY-MM'): requests, tokens, exact cost_usd."""
+        first, after = month_range(month)
+        where, params = self._where(None, org, "dt >= CAST(? AS DATE) AND dt < CAST(? AS DATE)")
+        return self._run(
+            f"SELECT org_id, dt AS day, model, count(*) AS requests, "
+            f"CAST(sum(prompt_tokens) AS BIGINT) AS prompt_tokens, "
+            f"CAST(sum(completion_tokens) AS BIGINT) AS completion_tokens, {_COST} AS cost_usd "
+            f"FROM usage{where} GROUP BY ALL ORDER BY ALL", [*params, first.isoformat(), after.isoformat()])
+
+
+__all__ = ["DIMENSIONS", "LakeQuery"]

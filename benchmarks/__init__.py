@@ -1,0 +1,1 @@
+"""Benchmark harnesses run by `make bench`; numbers go to docs/benchmarks.md."""

@@ -1,0 +1,12 @@
+"""The admin API (`/admin/v1/...`): control-plane CRUD for opsctl and the TUI."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.admin import audit, budgets, orgs, registry
+
+
+def setup_admin(app: web.Application) -> None:
+    for module in (orgs, registry, budgets, audit):
+        module.setup(app)

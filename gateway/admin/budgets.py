@@ -1,0 +1,110 @@
+"""Admin API: budgets per org (and per key), their live status, and rebuild from the lake.
+
+Amounts travel as USD in the API and as integer micro-USD everywhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from gateway import appkeys
+from gateway.admin.common import field, json_body, reply, require_admin
+from gateway.admin.orgs import announce_org
+from gateway.errors import InvalidRequest, NotFound
+from gateway.limits.base import PERIODS, BudgetRule
+from gateway.store.models import Budget
+
+MICROS = 1_000_000
+
+
+def budget_dict(budget: Budget) -> dict[str, Any]:
+    return {**budget.to_dict(), "limit_usd": budget.limit_micros / MICROS}
+
+
+async def set_budget(request: web.Request) -> web.Response:
+    actor = require_admin(request)
+    body = await json_body(request)
+    store = request.app[appkeys.STORE]
+    org = await store.get_org(field(body, "org", str, required=True))
+    usd = field(body, "usd", float, required=True, minimum=0)
+    period = field(body, "period", str, required=True, choices=PERIODS)
+    soft = field(body, "soft_limit_pct", int, default=80, minimum=0)
+    if soft > 100:
+        raise InvalidRequest("'soft_limit_pct' must be between 0 and 100.", param="soft_limit_pct")
+    key_id = field(body, "key_id", str)
+    if key_id is not None:
+        key = await store.get_api_key(key_id)
+        if key.org_id != org.id:
+            raise InvalidRequest(f"key {key_id!r} does not belong to organization {org.name!r}.", param="key_id")
+    budget = await store.set_budget(org.id, limit_micros=round(usd * MICROS), period=period,
+                                    soft_limit_pct=soft, key_id=key_id)
+    await store.add_audit(actor, "budget.set", budget.id, {"org": org.id, "usd": usd, "period": period,
+                                                           "key_id": key_id})
+    await announce_org(request, org.id, "budget")
+    return reply(budget_dict(budget))
+
+
+async def list_budgets(request: web.Request) -> web.Response:
+    require_admin(request)
+    store = request.app[appkeys.STORE]
+    org = request.query.get("org")
+    org_id = (await store.get_org(org)).id if org else None
+    return reply([budget_dict(b) for b in await store.list_budgets(org_id)])
+
+
+async def show_budget(request: web.Request) -> web.Response:
+    """Limit, spent, reserved, remaining and reset time of each budget of the org."""
+    require_admin(request)
+    store = request.app[appkeys.STORE]
+    org = await store.get_org(request.match_info["org"])
+    limiter = request.app[appkeys.DATAPLANE].limiter
+    out = []
+    for budget in await store.list_budgets(org.id):
+        status = await limiter.budget_status(BudgetRule.from_budget(budget))
+        s = status.to_dict()
+        out.append({**budget_dict(budget), **s, "org": org.name,
+                    "spent_usd": status.spent_micros / MICROS, "reserved_usd": status.reserved_micros / MICROS,
+                    "remaining_usd": status.remaining_micros / MICROS})
+    if not out:
+        raise NotFound(f"organization {org.name!r} has no budget.")
+    return reply(out)
+
+
+async def rebuild_budgets(request: web.Request) -> web.Response:
+    """Set each budget's current-period spend from the usage lake (after Redis lost its data)."""
+    actor = require_admin(request)
+    body = await json_body(request) if request.can_read_body else {}
+    store = request.app[appkeys.STORE]
+    org_name = field(body, "org", str)
+    org_ids = [(await store.get_org(org_name)).id] if org_name else None
+    settings = request.app[appkeys.SETTINGS]
+    dataplane = request.app[appkeys.DATAPLANE]
+    if dataplane.sink is not None and hasattr(dataplane.sink, "flush"):
+        await dataplane.sink.flush()
+    from analytics_lake.rebuild import spend_since
+
+    results = []
+    for budget in await store.list_budgets():
+        if org_ids is not None and budget.org_id not in org_ids:
+            continue
+        rule = BudgetRule.from_budget(budget)
+        status = await dataplane.limiter.budget_status(rule)
+        spent = await asyncio.to_thread(spend_since, settings, org_id=budget.org_id, key_id=budget.key_id,
+                                        since=status.period_start)
+        await dataplane.limiter.rebuild(rule, spent)
+        results.append({"budget_id": budget.id, "org_id": budget.org_id, "key_id": budget.key_id,
+                        "period": budget.period, "spent_micros": spent, "spent_usd": spent / MICROS})
+    await store.add_audit(actor, "budget.rebuild", org_name or "*", {"budgets": len(results)})
+    return reply(results)
+
+
+def setup(app: web.Application) -> None:
+    r = app.router
+    r.add_put("/admin/v1/budgets", set_budget)
+    r.add_post("/admin/v1/budgets", set_budget)
+    r.add_get("/admin/v1/budgets", list_budgets)
+    r.add_post("/admin/v1/budgets/rebuild", rebuild_budgets)
+    r.add_get("/admin/v1/budgets/{org}", show_budget)

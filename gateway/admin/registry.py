@@ -1,0 +1,181 @@
+"""Admin API: the model registry (models per environment, their endpoints and pricing).
+
+Every change is written to the store, then announced on the change bus so all gateway
+replicas update their routing snapshot within a second.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlparse
+
+from aiohttp import web
+
+from gateway import appkeys
+from gateway.admin.common import field, json_body, reply, require_admin, string_list
+from gateway.admin.orgs import check_name
+from gateway.errors import Conflict, InvalidRequest, NotFound
+from gateway.store.models import ENDPOINT_STATUSES, MODEL_STATUSES
+
+
+def check_url(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise InvalidRequest(f"'endpoint' must be an http(s) URL, got {url!r}.", param="endpoint")
+    return url.rstrip("/")
+
+
+async def announce(request: web.Request, name: str, environment: str) -> None:
+    payload = await request.app[appkeys.REGISTRY].announce(name, environment)
+    await request.app[appkeys.BUS].publish("registry", payload)
+
+
+def _env(request: web.Request, body: dict | None = None) -> str:
+    default = request.app[appkeys.SETTINGS].default_environment
+    if body is not None:
+        return check_name(field(body, "environment", str, default=default), "environment")
+    return check_name(request.query.get("env") or default, "env")
+
+
+async def list_models(request: web.Request) -> web.Response:
+    require_admin(request)
+    env = request.query.get("env")
+    entries = await request.app[appkeys.STORE].registry(env)
+    return reply([{**e.model.to_dict(), "endpoints": [ep.to_dict() for ep in e.endpoints]} for e in entries])
+
+
+async def register(request: web.Request) -> web.Response:
+    """Create the model in the environment if needed, then add an endpoint to it (if given)."""
+    actor = require_admin(request)
+    body = await json_body(request)
+    store = request.app[appkeys.STORE]
+    name = check_name(field(body, "name", str, required=True))
+    env = _env(request, body)
+    url = field(body, "endpoint", str)
+    url = check_url(url) if url else None
+    pricing = {
+        "input_price": field(body, "input_price", float, minimum=0),
+        "output_price": field(body, "output_price", float, minimum=0),
+        "max_tokens": field(body, "max_tokens", int, minimum=1),
+    }
+    fallbacks = string_list(body, "fallbacks") if "fallbacks" in body else None
+    metadata = field(body, "metadata", dict)
+    weight = field(body, "weight", int, default=100, minimum=0)
+    release = check_name(field(body, "release", str, default="stable"), "release")
+    status = field(body, "status", str, default="ready", choices=ENDPOINT_STATUSES)
+    created = False
+    try:
+        model = await store.get_model(name, env)
+        changes = {k: v for k, v in pricing.items() if v is not None}
+        if fallbacks is not None:
+            changes["fallbacks"] = fallbacks
+        if metadata is not None:
+            changes["metadata"] = metadata
+        if changes:
+            model = await store.update_model(name, env, **changes)
+    except NotFound:
+        model = await store.create_model(
+            name, env, **{k: v for k, v in pricing.items() if v is not None},
+            fallbacks=fallbacks or (), metadata=metadata or {})
+        created = True
+    endpoint = None
+    if url:
+        try:
+            endpoint = await store.add_endpoint(model.id, url, release=release, weight=weight, status=status)
+        except Conflict:
+            if created:
+                raise
+            existing = [e for e in await store.list_endpoints(model.id) if e.url == url][0]
+            endpoint = await store.update_endpoint(existing.id, weight=weight, release=release, status=status)
+    await store.add_audit(actor, "registry.register", model.id, {"name": name, "environment": env, "endpoint": url})
+    await announce(request, name, env)
+    entry = [e for e in await store.registry(env) if e.model.id == model.id][0]
+    return reply({**entry.model.to_dict(), "endpoints": [ep.to_dict() for ep in entry.endpoints],
+                  "endpoint": endpoint.to_dict() if endpoint else None}, status=201 if created else 200)
+
+
+async def get_model(request: web.Request) -> web.Response:
+    require_admin(request)
+    store = request.app[appkeys.STORE]
+    env, name = request.match_info["env"], request.match_info["name"]
+    model = await store.get_model(name, env)
+    endpoints = await store.list_endpoints(model.id)
+    return reply({**model.to_dict(), "endpoints": [e.to_dict() for e in endpoints]})
+
+
+async def update_model(request: web.Request) -> web.Response:
+    actor = require_admin(request)
+    body = await json_body(request)
+    env, name = request.match_info["env"], request.match_info["name"]
+    changes = {
+        "status": field(body, "status", str, choices=MODEL_STATUSES),
+        "input_price": field(body, "input_price", float, minimum=0),
+        "output_price": field(body, "output_price", float, minimum=0),
+        "max_tokens": field(body, "max_tokens", int, minimum=1),
+        "metadata": field(body, "metadata", dict),
+    }
+    if "fallbacks" in body:
+        changes["fallbacks"] = string_list(body, "fallbacks")
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if not changes:
+        raise InvalidRequest("Nothing to change: give status, prices, max_tokens, fallbacks or metadata.")
+    store = request.app[appkeys.STORE]
+    model = await store.update_model(name, env, **changes)
+    await store.add_audit(actor, "registry.update", model.id, body)
+    await announce(request, name, env)
+    return reply(model.to_dict())
+
+
+async def delete_model(request: web.Request) -> web.Response:
+    actor = require_admin(request)
+    env, name = request.match_info["env"], request.match_info["name"]
+    store = request.app[appkeys.STORE]
+    model = await store.get_model(name, env)
+    await store.delete_model(name, env)
+    await store.add_audit(actor, "registry.deregister", model.id, {"name": name, "environment": env})
+    await announce(request, name, env)
+    return reply({"deleted": model.id, "name": name, "environment": env})
+
+
+async def list_endpoints(request: web.Request) -> web.Response:
+    require_admin(request)
+    return reply([e.to_dict() for e in await request.app[appkeys.STORE].list_endpoints()])
+
+
+async def update_endpoint(request: web.Request) -> web.Response:
+    actor = require_admin(request)
+    body = await json_body(request)
+    weight = field(body, "weight", int, minimum=0)
+    status = field(body, "status", str, choices=ENDPOINT_STATUSES)
+    release = field(body, "release", str)
+    if weight is None and status is None and release is None:
+        raise InvalidRequest("Nothing to change: give weight, status or release.")
+    store = request.app[appkeys.STORE]
+    endpoint = await store.update_endpoint(request.match_info["endpoint_id"], weight=weight, status=status,
+                                           release=release)
+    model = await store.get_model_by_id(endpoint.model_id)
+    await store.add_audit(actor, "endpoint.update", endpoint.id, body)
+    await announce(request, model.name, model.environment)
+    return reply(endpoint.to_dict())
+
+
+async def delete_endpoint(request: web.Request) -> web.Response:
+    actor = require_admin(request)
+    store = request.app[appkeys.STORE]
+    endpoint = await store.get_endpoint(request.match_info["endpoint_id"])
+    model = await store.get_model_by_id(endpoint.model_id)
+    await store.delete_endpoint(endpoint.id)
+    await store.add_audit(actor, "endpoint.delete", endpoint.id, {"url": endpoint.url})
+    await announce(request, model.name, model.environment)
+    return reply({"deleted": endpoint.id})
+
+
+def setup(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/admin/v1/models", list_models)
+    r.add_post("/admin/v1/models", register)
+    r.add_get("/admin/v1/models/{env}/{name}", get_model)
+    r.add_patch("/admin/v1/models/{env}/{name}", update_model)
+    r.add_delete("/admin/v1/models/{env}/{name}", delete_model)
+    r.add_get("/admin/v1/endpoints", list_endpoints)
+    r.add_patch("/admin/v1/endpoints/{endpoint_id}", update_endpoint)
+    r.add_delete("/admin/v1/endpoints/{endpoint_id}", delete_endpoint)

@@ -1,0 +1,195 @@
+"""The gateway application factory: `create_app(settings, ...)` wires every component.
+
+Resources open and close in one cleanup context, in dependency order; handlers reach
+them through the typed keys in `gateway.appkeys`. There is no module-level app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from gateway import appkeys, status
+from gateway.admin import setup_admin
+from gateway.auth import Authenticator
+from gateway.dataplane import DataPlane, UsageSinkLike
+from gateway.events import ChangeBus, RedisChangeBus
+from gateway.health import HealthProber, ProbeResult
+from gateway.limits import LocalLimiter, RedisLimiter
+from gateway.limits.base import Limiter
+from gateway.metrics import Metrics
+from gateway.middleware import errors_and_request_id
+from gateway.redis_keys import RedisKeys
+from gateway.registry import STORE_ERRORS, Registry
+from gateway.routing import EndpointState
+from gateway.settings import Settings
+from gateway.store import open_store
+from gateway.store.base import Store
+
+log = logging.getLogger(__name__)
+
+
+def build_limiter(settings: Settings, redis: aioredis.Redis | None) -> Limiter:
+    local = LocalLimiter(lease_s=settings.reservation_lease_s)
+    if redis is None:
+        return local
+    return RedisLimiter(redis, prefix=settings.redis_prefix, lease_s=settings.reservation_lease_s,
+                        timeout_s=settings.redis_timeout_ms / 1000.0, fallback=local,
+                        outage_policy=settings.limits_outage_policy)
+
+
+def build_sink(settings: Settings, writer_id: str) -> UsageSinkLike | None:
+    if settings.usage_sink == "none":
+        return None
+    from analytics_lake.sinks import sink_from_settings
+
+    return sink_from_settings(settings, writer_id)
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    return await request.app[appkeys.DATAPLANE].handle(request, "chat", "/v1/chat/completions")
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await request.app[appkeys.DATAPLANE].handle(request, "completions", "/v1/completions")
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    return await request.app[appkeys.DATAPLANE].handle(request, "embeddings", "/v1/embeddings")
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """OpenAI's model list: only the models this key may use, in its environment."""
+    dataplane = request.app[appkeys.DATAPLANE]
+    info = await dataplane.auth.authenticate(request.headers.get("Authorization"))
+    env = info.key.environment or dataplane.settings.default_environment
+    data = [
+        {"id": r.model.name, "object": "model", "created": int(r.model.created_at.timestamp()),
+         "owned_by": "fleetgate"}
+        for r in dataplane.registry.routes(env)
+        if r.model.status == "active" and info.may_use(r.model.name)
+    ]
+    data.sort(key=lambda m: m["id"])
+    return web.json_response({"object": "list", "data": data})
+
+
+def _health_writer(store: Store):  # noqa: ANN202 - returns the prober callback
+    async def on_result(state: EndpointState, result: ProbeResult) -> None:
+        """Write health changes back to the registry (only changes: no write per probe)."""
+        endpoint = state.endpoint
+        new_status = endpoint.status
+        if endpoint.status == "ready" and not state.healthy:
+            new_status = "unhealthy"
+        elif endpoint.status == "unhealthy" and state.healthy:
+            new_status = "ready"
+        if new_status == endpoint.status and endpoint.last_health == result.summary:
+            return
+        try:
+            await store.record_health(endpoint.id, status=new_status if new_status != endpoint.status else None,
+                                      last_health=result.summary, checked_at=result.checked_at)
+        except STORE_ERRORS as e:
+            log.warning("could not record health of %s (%s)", endpoint.url, type(e).__name__)
+            return
+        state.endpoint = dataclasses.replace(endpoint, status=new_status, last_health=result.summary,
+                                             last_checked_at=result.checked_at)
+
+    return on_result
+
+
+async def _cancel(task: asyncio.Task) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    sink: UsageSinkLike | None = None,
+    worker_id: str = "gw0",
+    background: bool = True,
+) -> web.Application:
+    """Build the gateway app.
+
+    Args:
+        settings: validated settings.
+        store: an unopened store (default: from `settings.database_url`); the app opens and closes it.
+        sink: usage sink (default: from `settings.usage_sink`); the app starts and closes it.
+        worker_id: names this process's usage spool and metrics.
+        background: run health probes and periodic registry refresh.
+    """
+    app = web.Application(middlewares=[errors_and_request_id], client_max_size=settings.max_body_bytes)
+    app[appkeys.SETTINGS] = settings
+    app[appkeys.METRICS] = Metrics()
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        # Every resource registers its closer as soon as it is open, so a failure halfway
+        # through start-up still closes what was opened (an open SQLite thread would keep
+        # the process alive).
+        async with contextlib.AsyncExitStack() as stack:
+            the_store = store or open_store(settings.database_url)
+            await the_store.open()
+            stack.push_async_callback(the_store.close)
+            app[appkeys.STORE] = the_store
+            keys = RedisKeys(settings.redis_prefix)
+            redis = None
+            timeout = settings.redis_timeout_ms / 1000.0
+            if settings.redis_url:
+                redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=timeout,
+                                                socket_connect_timeout=timeout, health_check_interval=10)
+                stack.push_async_callback(redis.aclose)
+                pubsub_redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=timeout)
+                stack.push_async_callback(pubsub_redis.aclose)
+                bus: ChangeBus = RedisChangeBus(pubsub_redis, keys)
+            else:
+                bus = ChangeBus()
+            app[appkeys.BUS] = bus
+            metrics = app[appkeys.METRICS]
+            registry = Registry(the_store, redis=redis, keys=keys, ttl_s=settings.registry_ttl_s, metrics=metrics)
+            app[appkeys.REGISTRY] = registry
+            auth = Authenticator(the_store, redis=redis, keys=keys, redis_ttl_s=settings.registry_ttl_s)
+            app[appkeys.AUTH] = auth
+            bus.subscribe(registry.on_change)
+            bus.subscribe(auth.on_change)
+            limiter = build_limiter(settings, redis)
+            stack.push_async_callback(limiter.close)
+            usage_sink = sink if sink is not None else build_sink(settings, worker_id)
+            if usage_sink is not None:
+                await usage_sink.start()
+                stack.push_async_callback(usage_sink.close)
+            dataplane = DataPlane(settings, auth=auth, registry=registry, limiter=limiter, sink=usage_sink,
+                                  metrics=metrics)
+            app[appkeys.DATAPLANE] = dataplane
+            await dataplane.start()
+            stack.push_async_callback(dataplane.close)
+            await registry.load_all()
+            await bus.start()
+            stack.push_async_callback(bus.close)
+            if background:
+                stack.push_async_callback(_cancel, asyncio.create_task(
+                    registry.refresh_forever(min(30.0, settings.registry_ttl_s / 2))))
+                prober = HealthProber(dataplane.session, interval_s=settings.health_interval_s,
+                                      timeout_s=min(2.0, settings.health_interval_s))
+                stack.push_async_callback(_cancel, asyncio.create_task(
+                    prober.run(registry.all_states, _health_writer(the_store))))
+            yield
+
+    app.cleanup_ctx.append(resources)
+    r = app.router
+    r.add_post("/v1/chat/completions", chat)
+    r.add_post("/v1/inference", chat)
+    r.add_post("/v1/completions", completions)
+    r.add_post("/v1/embeddings", embeddings)
+    r.add_get("/v1/models", list_models)
+    r.add_get("/v1/status/healthz", status.healthz)
+    r.add_get("/v1/status/readyz", status.readyz)
+    r.add_get("/metrics", status.metrics)
+    setup_admin(app)
+    return app

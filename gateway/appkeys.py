@@ -1,0 +1,28 @@
+"""Typed application keys: every shared resource of a gateway app, declared in one place."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import aiohttp
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from gateway.auth import Authenticator
+    from gateway.dataplane import DataPlane
+    from gateway.events import ChangeBus
+    from gateway.metrics import Metrics
+    from gateway.registry import Registry
+    from gateway.settings import Settings
+    from gateway.store.base import Store
+
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
+STORE: web.AppKey[Store] = web.AppKey("store")
+REGISTRY: web.AppKey[Registry] = web.AppKey("registry")
+AUTH: web.AppKey[Authenticator] = web.AppKey("auth")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+BUS: web.AppKey[ChangeBus] = web.AppKey("bus")
+DATAPLANE: web.AppKey[DataPlane] = web.AppKey("dataplane")
+UPSTREAM: web.AppKey[aiohttp.ClientSession] = web.AppKey("upstream")
+
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)

@@ -1,0 +1,110 @@
+-- Reserve: count one request against the rate limits and reserve its maximum cost in every
+-- budget of ONE org (every key shares the org's hash tag), all or nothing. Mirrors local.py.
+-- Times are ms on the gcra.py scale, passed in (never TIME) so callers can inject a clock.
+--
+-- KEYS[1]                  open-reservation marker (settle idempotency)
+-- KEYS[2 .. 1+nr]          per rate limit "backlog:seen" (ms)
+-- KEYS[2+nr ..]            per budget: counters hash {spent, reserved}, lease zset
+-- ARGV: now, lease_ms, lease member "rid:micros", cost, nr, nb, marker_ttl_ms (0 = no marker),
+--       nr x (limit, amount), nb x (limit, ttl_ms (0 = never expires))
+-- Returns {0, 0, -1, nr x (remaining, reset_ms), nb x (spent, reserved)} when accepted,
+--         {1, wait_ms, failed, nr x (remaining, reset_ms)} when a rate limit refuses (wait 1e15 = never),
+--         {2, 0, failed, spent, reserved} when a budget refuses.
+local WINDOW, EPS, NEVER, PURGE_MAX = 60000, 0.001, 1e15, 256
+local now = tonumber(ARGV[1])
+local lease_ms = tonumber(ARGV[2])
+local member = ARGV[3]
+local cost = tonumber(ARGV[4])
+local nr = tonumber(ARGV[5])
+local nb = tonumber(ARGV[6])
+local marker_ttl = tonumber(ARGV[7])
+local rarg, barg, bkey = 7, 7 + 2 * nr, 1 + nr
+
+local function reading(level, limit)
+  local left = math.floor((WINDOW - level + EPS) * limit / WINDOW)
+  if left < 0 then left = 0 elseif left > limit then left = limit end
+  return left, math.ceil(level)
+end
+
+-- GCRA state per limit is "backlog:seen" (ms of queued work at time seen), as in gcra.py.
+-- A caller timestamp older than seen (it reached Redis late) is judged at seen.
+local function backlog(key)
+  local raw = redis.call('GET', key)
+  if not raw then return 0, now end
+  local level, seen = string.match(raw, '^([^:]+):(.+)$')
+  level, seen = tonumber(level), tonumber(seen)
+  local n = now
+  if seen > n then n = seen end
+  level = level - (n - seen)
+  if level < 0 then level = 0 end
+  return level, n
+end
+
+-- Budgets first: an exhausted budget is the lasting condition, report it before a rate limit.
+local counters = {}
+for i = 1, nb do
+  local h, z = KEYS[bkey + 2 * i - 1], KEYS[bkey + 2 * i]
+  local expired = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'LIMIT', 0, PURGE_MAX)
+  if #expired > 0 then
+    local freed = 0
+    for _, m in ipairs(expired) do freed = freed + tonumber(string.match(m, ':(%d+)$')) end
+    redis.call('ZREM', z, unpack(expired))
+    redis.call('HINCRBY', h, 'reserved', -freed)
+  end
+  local v = redis.call('HMGET', h, 'spent', 'reserved')
+  local spent, reserved = tonumber(v[1]) or 0, tonumber(v[2]) or 0
+  if spent + reserved + cost > tonumber(ARGV[barg + 2 * i - 1]) then
+    return {2, 0, i - 1, spent, reserved}
+  end
+  counters[i] = {spent, reserved}
+end
+
+local levels, news, nows = {}, {}, {}
+local failed, worst = -1, 0
+for i = 1, nr do
+  local limit, amount = tonumber(ARGV[rarg + 2 * i - 1]), tonumber(ARGV[rarg + 2 * i])
+  levels[i], nows[i] = backlog(KEYS[1 + i])
+  news[i] = levels[i] + amount * (WINDOW / limit)
+  local over = news[i] - WINDOW
+  if over > EPS then
+    if amount > limit then over = NEVER end
+    if failed < 0 or over > worst then failed, worst = i - 1, over end
+  end
+end
+if failed >= 0 then
+  local out = {1, math.ceil(worst), failed}
+  for i = 1, nr do
+    local left, reset = reading(levels[i], tonumber(ARGV[rarg + 2 * i - 1]))
+    out[#out + 1] = left
+    out[#out + 1] = reset
+  end
+  return out
+end
+
+local out = {0, 0, -1}
+for i = 1, nr do
+  if news[i] > 0 then
+    redis.call('SET', KEYS[1 + i], string.format('%.17g:%.17g', news[i], nows[i]), 'PX', math.ceil(news[i]))
+  end
+  local left, reset = reading(news[i], tonumber(ARGV[rarg + 2 * i - 1]))
+  out[#out + 1] = left
+  out[#out + 1] = reset
+end
+for i = 1, nb do
+  local h, z = KEYS[bkey + 2 * i - 1], KEYS[bkey + 2 * i]
+  if cost > 0 then
+    counters[i][2] = redis.call('HINCRBY', h, 'reserved', cost)
+    redis.call('ZADD', z, now + lease_ms, member)
+  end
+  local ttl = tonumber(ARGV[barg + 2 * i])
+  if ttl > 0 then
+    redis.call('PEXPIRE', h, ttl)
+    redis.call('PEXPIRE', z, ttl)
+  end
+  out[#out + 1] = counters[i][1]
+  out[#out + 1] = counters[i][2]
+end
+if marker_ttl > 0 then
+  redis.call('SET', KEYS[1], '1', 'PX', marker_ttl)
+end
+return out

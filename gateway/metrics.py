@@ -1,0 +1,67 @@
+"""Prometheus metrics of the gateway, safe with several worker processes.
+
+With `PROMETHEUS_MULTIPROC_DIR` set (done by `opsctl gateway serve --workers N`), values
+live in per-process files and `/metrics` aggregates them; otherwise each app has its own
+registry. Labelled children are cached, since `.labels()` costs more than the increment.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("fleetgate_requests", "Requests served, by outcome.",
+                                ["model", "environment", "endpoint", "status"], registry=r)
+        self.latency = Histogram("fleetgate_request_duration_seconds", "End-to-end request latency.",
+                                 ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("fleetgate_time_to_first_token_seconds", "Time to first streamed byte.",
+                              ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.overhead = Histogram("fleetgate_gateway_overhead_seconds",
+                                  "Time spent in the gateway itself (latency minus upstream time).",
+                                  buckets=OVERHEAD_BUCKETS, registry=r)
+        self.tokens = Counter("fleetgate_tokens", "Tokens processed.", ["model", "kind"], registry=r)
+        self.retries = Counter("fleetgate_upstream_retries", "Requests retried on another endpoint.",
+                               ["model"], registry=r)
+        self.ejections = Counter("fleetgate_endpoint_ejections", "Endpoints ejected after failures.",
+                                 ["endpoint"], registry=r)
+        self.registry_cache = Counter("fleetgate_registry_cache", "Registry cache lookups on change.",
+                                      ["result"], registry=r)
+        self.limited = Counter("fleetgate_limited", "Requests refused by rate limits or budgets.",
+                               ["reason"], registry=r)
+        self.soft_limit = Counter("fleetgate_budget_soft_limit", "Requests over a budget's soft limit.",
+                                  ["org"], registry=r)
+        self.usage_events = Counter("fleetgate_usage_events", "Usage events handed to the sink.",
+                                    ["result"], registry=r)
+        gauge_kw: dict[str, Any] = {"multiprocess_mode": "max"} if self.multiprocess else {}
+        self.redis_degraded = Gauge("fleetgate_redis_degraded", "1 while Redis is unreachable.",
+                                    registry=r, **gauge_kw)
+        self.store_degraded = Gauge("fleetgate_store_degraded", "1 while the store is unreachable.",
+                                    registry=r, **gauge_kw)
+        self._children: dict[tuple, Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = metric.labels(*labels)
+        return c
+
+    def render(self) -> bytes:
+        if self.multiprocess:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)

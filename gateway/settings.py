@@ -1,0 +1,188 @@
+"""Settings: one frozen object, loaded once at the edge from TOML and FLEETGATE_* env.
+
+Nothing deeper in the code reads `os.environ`; everything gets a `Settings` (or the
+values it needs) passed in. Validation errors name the bad key and its value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigError
+
+ENV_PREFIX = "FLEETGATE_"
+DEFAULT_CONFIG_FILE = "fleetgate.toml"
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "usage_sink": ("spool", "redis-stream", "none"),
+    "limits_outage_policy": ("local", "fail-closed", "fail-open"),
+    "log_level": ("debug", "info", "warning", "error"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a Fleetgate process needs to know; see the table in docs/configuration.md."""
+
+    state_dir: Path = Path(".fleetgate")
+    database_url: str = ""  # default: sqlite:///<state_dir>/fleetgate.db
+    redis_url: str | None = None
+    redis_prefix: str = "fg"
+    redis_timeout_ms: int = 250
+    lake_url: str = ""  # default: file://<state_dir>/lake
+    s3_endpoint: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    admin_token: str | None = None
+    gateway_url: str = "http://127.0.0.1:8080"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    default_environment: str = "production"
+    max_body_bytes: int = 4 * 1024 * 1024
+    upstream_connect_timeout_s: float = 5.0
+    upstream_timeout_s: float = 600.0
+    max_attempts: int = 3
+    health_interval_s: float = 5.0
+    eject_after_failures: int = 3
+    eject_cooldown_s: float = 10.0
+    registry_ttl_s: int = 120
+    usage_sink: str = "spool"
+    spool_fsync_ms: int = 200
+    spool_segment_bytes: int = 64 * 1024 * 1024
+    lake_flush_s: float = 10.0
+    lake_flush_rows: int = 500_000
+    limits_outage_policy: str = "local"
+    reservation_lease_s: int = 900
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        for name, allowed in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ConfigError(f"setting {name}={value!r} is invalid: expected one of {', '.join(allowed)}")
+        for name in ("port",):
+            value = getattr(self, name)
+            if not 0 <= value <= 65535:
+                raise ConfigError(f"setting {name}={value!r} is invalid: expected a port 0-65535")
+        for name in ("workers", "max_body_bytes", "max_attempts", "registry_ttl_s", "spool_segment_bytes",
+                     "eject_after_failures", "reservation_lease_s", "lake_flush_rows"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"setting {name}={getattr(self, name)!r} is invalid: expected a positive integer")
+        for name in ("upstream_connect_timeout_s", "upstream_timeout_s", "health_interval_s", "eject_cooldown_s",
+                     "lake_flush_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"setting {name}={getattr(self, name)!r} is invalid: expected a positive number")
+        if self.spool_fsync_ms < 0 or self.redis_timeout_ms < 1:
+            raise ConfigError("setting spool_fsync_ms/redis_timeout_ms is invalid: expected a non-negative number")
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{self.state_dir / 'fleetgate.db'}")
+        if not self.database_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ConfigError(
+                f"setting database_url={self.database_url!r} is invalid: expected sqlite:///PATH or postgresql://…"
+            )
+        if not self.lake_url:
+            object.__setattr__(self, "lake_url", f"file://{self.state_dir.resolve() / 'lake'}")
+        if not self.lake_url.startswith(("file://", "s3://")):
+            raise ConfigError(f"setting lake_url={self.lake_url!r} is invalid: expected file:///DIR or s3://BUCKET/PREFIX")
+        if self.redis_url is not None and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"setting redis_url={self.redis_url!r} is invalid: expected redis://HOST:PORT/DB")
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings without secrets, for logs and `opsctl config`."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("admin_token", "s3_secret_key") and value:
+                value = "***"
+            out[f.name] = str(value) if isinstance(value, Path) else value
+        return out
+
+
+def _coerce(name: str, raw: Any, annotation: str) -> Any:
+    """Turn a TOML or env value into the field's type, or raise ConfigError naming the key."""
+    try:
+        if annotation in ("int",):
+            if isinstance(raw, bool):
+                raise ValueError
+            return int(raw)
+        if annotation in ("float",):
+            if isinstance(raw, bool):
+                raise ValueError
+            return float(raw)
+        if annotation == "Path":
+            return Path(str(raw))
+        if annotation.startswith("str"):
+            if raw is None or raw == "":
+                return None if "None" in annotation else ""
+            if not isinstance(raw, str | int | float):
+                raise ValueError
+            return str(raw)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"setting {name}={raw!r} is invalid: expected {annotation}") from e
+    return raw
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build Settings from (lowest to highest precedence) defaults, TOML, env, overrides.
+
+    Args:
+        config_file: a TOML file; default `./fleetgate.toml` when it exists.
+        env: the environment to read `FLEETGATE_*` from (default `os.environ`).
+        overrides: values from command-line flags; None values are ignored.
+
+    Raises:
+        ConfigError: unknown key, unreadable file, or a value of the wrong type or range.
+    """
+    env = os.environ if env is None else env
+    known = {f.name: str(f.type) for f in fields(Settings)}
+    values: dict[str, Any] = {}
+
+    path = Path(config_file) if config_file else None
+    if path is None and Path(DEFAULT_CONFIG_FILE).is_file():
+        path = Path(DEFAULT_CONFIG_FILE)
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError as e:
+            raise ConfigError(f"config file {str(path)!r} does not exist") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from e
+        table = data.get("fleetgate", data)
+        for key, raw in table.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ConfigError(f"setting {key!r} in {path} is unknown")
+            values[name] = _coerce(name, raw, known[name])
+
+    for key, raw in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX):].lower()
+        if name not in known:
+            continue  # other tools share the prefix (e.g. FLEETGATE_REQUIRE_SERVICES)
+        values[name] = _coerce(name, raw, known[name])
+
+    for name, raw in (overrides or {}).items():
+        if raw is None:
+            continue
+        if name not in known:
+            raise ConfigError(f"setting {name!r} is unknown")
+        values[name] = _coerce(name, raw, known[name])
+
+    return Settings(**values)

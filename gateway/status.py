@@ -1,0 +1,47 @@
+"""Liveness, readiness and Prometheus metrics: what orchestrators and scrapers call."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from gateway import appkeys
+from gateway.metrics import CONTENT_TYPE
+from gateway.registry import STORE_ERRORS
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when the registry is loaded; `degraded` lists what is down but survivable."""
+    app = request.app
+    registry = app[appkeys.REGISTRY]
+    dataplane = app[appkeys.DATAPLANE]
+    checks: dict[str, str] = {}
+    try:
+        await asyncio.wait_for(app[appkeys.STORE].ping(), 1.0)
+        checks["store"] = "ok"
+    except (*STORE_ERRORS, asyncio.TimeoutError):
+        checks["store"] = "unreachable"
+    redis_down = False
+    if app[appkeys.SETTINGS].redis_url:
+        redis_down = app[appkeys.BUS].degraded or dataplane.limiter.degraded or not registry.redis_ok
+        checks["redis"] = "unreachable" if redis_down else "ok"
+    checks["registry"] = "loaded" if registry.loaded_at is not None else "not loaded"
+    metrics = app[appkeys.METRICS]
+    metrics.redis_degraded.set(1 if redis_down else 0)
+    metrics.store_degraded.set(1 if checks["store"] != "ok" else 0)
+    degraded = [name for name, value in checks.items() if value == "unreachable"]
+    ready = registry.loaded_at is not None
+    body = {"status": ("degraded" if degraded else "ready") if ready else "not_ready",
+            "checks": checks, "degraded": degraded,
+            "models": len(registry.routes())}
+    return web.json_response(body, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    m = request.app[appkeys.METRICS]
+    return web.Response(body=m.render(), headers={"Content-Type": CONTENT_TYPE})

@@ -1,0 +1,117 @@
+"""Column codecs and row → record mapping, shared by both SQL dialects.
+
+Times are stored as ISO-8601 UTC text with microseconds (so they sort as text) and JSON
+as TEXT, which both SQLite and PostgreSQL hold without dialect-specific types.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from gateway.store.db import Row
+from gateway.store.models import ApiKey, AuditEntry, Budget, Endpoint, Model, Organization
+
+
+def encode_time(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def decode_time(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def decode_optional_time(text: str | None) -> datetime | None:
+    return None if text is None else decode_time(text)
+
+
+def encode_json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def decode_json(text: str) -> Any:
+    return orjson.loads(text)
+
+
+def org_from_row(row: Row) -> Organization:
+    return Organization(
+        id=row["id"],
+        name=row["name"],
+        rpm_limit=row["rpm_limit"],
+        tpm_limit=row["tpm_limit"],
+        created_at=decode_time(row["created_at"]),
+    )
+
+
+def key_from_row(row: Row) -> ApiKey:
+    return ApiKey(
+        id=row["id"],
+        org_id=row["org_id"],
+        name=row["name"],
+        prefix=row["prefix"],
+        key_hash=row["key_hash"],
+        status=row["status"],
+        rpm_limit=row["rpm_limit"],
+        tpm_limit=row["tpm_limit"],
+        allowed_models=tuple(decode_json(row["allowed_models"])),
+        environment=row["environment"],
+        expires_at=decode_optional_time(row["expires_at"]),
+        created_at=decode_time(row["created_at"]),
+    )
+
+
+def model_from_row(row: Row) -> Model:
+    return Model(
+        id=row["id"],
+        name=row["name"],
+        environment=row["environment"],
+        status=row["status"],
+        input_price=float(row["input_price"]),
+        output_price=float(row["output_price"]),
+        max_tokens=row["max_tokens"],
+        fallbacks=tuple(decode_json(row["fallbacks"])),
+        metadata=decode_json(row["metadata"]),
+        revision=row["revision"],
+        created_at=decode_time(row["created_at"]),
+        updated_at=decode_time(row["updated_at"]),
+    )
+
+
+def endpoint_from_row(row: Row) -> Endpoint:
+    return Endpoint(
+        id=row["id"],
+        model_id=row["model_id"],
+        url=row["url"],
+        release=row["release"],
+        weight=row["weight"],
+        status=row["status"],
+        last_health=row["last_health"],
+        last_checked_at=decode_optional_time(row["last_checked_at"]),
+        created_at=decode_time(row["created_at"]),
+    )
+
+
+def budget_from_row(row: Row) -> Budget:
+    return Budget(
+        id=row["id"],
+        org_id=row["org_id"],
+        key_id=row["key_id"],
+        limit_micros=row["limit_micros"],
+        period=row["period"],
+        soft_limit_pct=row["soft_limit_pct"],
+        created_at=decode_time(row["created_at"]),
+        updated_at=decode_time(row["updated_at"]),
+    )
+
+
+def audit_from_row(row: Row) -> AuditEntry:
+    return AuditEntry(
+        id=row["id"],
+        ts=decode_time(row["ts"]),
+        actor=row["actor"],
+        action=row["action"],
+        target=row["target"],
+        detail=decode_json(row["detail"]),
+    )

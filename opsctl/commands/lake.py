@@ -1,0 +1,215 @@
+"""`opsctl lake …`, `opsctl usage …` and `opsctl sql`: thin shells over analytics_lake.
+
+Lake errors map to exit codes: bad input (LakeInputError, incl. refused SQL) 2, failed operation 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import signal
+import socket
+from collections.abc import Callable
+from datetime import date
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import typer
+
+from analytics_lake.compaction import compact, verify
+from analytics_lake.errors import LakeError, LakeInputError
+from analytics_lake.location import LakeConfig
+from analytics_lake.query import LakeQuery
+from analytics_lake.redis_stream import DEFAULT_GROUP, DEFAULT_STREAM, LakeWriter
+from analytics_lake.spool_files import flush_spool_tree
+from gateway.settings import Settings, load_settings
+from opsctl.common import EXIT_FAILED, EXIT_USAGE, CliError, ConfigOpt, Output, OutputOpt, handle_errors, render
+
+lake_app = typer.Typer(help="The usage lake: flush spools, compact, verify, run a stream writer.", no_args_is_help=True)
+usage_app = typer.Typer(help="Usage reports and exports from the lake.", no_args_is_help=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def lake_errors(func: F) -> F:
+    """LakeInputError → exit 2, other LakeError → exit 1, one line on stderr (via handle_errors)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except LakeInputError as e:
+            raise CliError(str(e), EXIT_USAGE) from e
+        except LakeError as e:
+            raise CliError(str(e), EXIT_FAILED) from e
+
+    return handle_errors(wrapper)  # type: ignore[return-value]
+
+
+def _settings(config: str | None, **overrides: Any) -> Settings:
+    return load_settings(config, overrides=overrides)
+
+
+def lake_config(settings: Settings) -> LakeConfig:
+    return LakeConfig(url=settings.lake_url, s3_endpoint=settings.s3_endpoint, s3_region=settings.s3_region,
+                      s3_access_key=settings.s3_access_key, s3_secret_key=settings.s3_secret_key)
+
+
+def _rows(table: pa.Table) -> list[dict]:
+    return table.to_pylist()
+
+
+def _csv_text(table: pa.Table) -> str:
+    sink = pa.BufferOutputStream()
+    pacsv.write_csv(_csv_ready(table), sink)
+    return sink.getvalue().to_pybytes().decode()
+
+
+def _csv_ready(table: pa.Table) -> pa.Table:
+    """Decimals as exact text (CSV readers must not see binary floats for money)."""
+    cols = [c.cast(pa.string()) if pa.types.is_decimal(c.type) else c for c in table.columns]
+    return pa.table(cols, names=table.column_names)
+
+
+# -- opsctl lake ------------------------------------------------------------------------------
+
+
+@lake_app.command("flush")
+@lake_errors
+def flush_command(config: ConfigOpt = None, output: OutputOpt = Output.table) -> None:
+    """Write leftover spool segments of stopped gateways (<state_dir>/spool/*) to the lake."""
+    settings = _settings(config)
+    report = flush_spool_tree(Path(settings.state_dir) / "spool", lake_config(settings))
+    render(report.as_dict(), output)
+
+
+@lake_app.command("compact")
+@lake_errors
+def compact_command(
+    before: Annotated[str | None, typer.Option("--before", help="only hours before this day (YYYY-MM-DD)")] = None,
+    config: ConfigOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Merge each hour's small files into one, removing duplicate request_ids."""
+    day = None
+    if before is not None:
+        try:
+            day = date.fromisoformat(before)
+        except ValueError as e:
+            raise LakeInputError(f"--before {before!r} is invalid: expected YYYY-MM-DD") from e
+    render(compact(lake_config(_settings(config)), before=day), output)
+
+
+@lake_app.command("verify")
+@lake_errors
+def verify_command(config: ConfigOpt = None, output: OutputOpt = Output.table) -> None:
+    """Check schemas, duplicates and counts per hour; exit 1 if anything is wrong."""
+    report = verify(lake_config(_settings(config)))
+    if output is Output.json:
+        render(report, output)
+    else:
+        render({k: v for k, v in report.items() if k != "per_hour"}, output)
+    if not report["ok"]:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@lake_app.command("writer")
+@lake_errors
+def writer_command(
+    redis_url: Annotated[str | None, typer.Option("--redis-url", help="default: settings redis_url")] = None,
+    stream: Annotated[str, typer.Option("--stream")] = DEFAULT_STREAM,
+    group: Annotated[str, typer.Option("--group")] = DEFAULT_GROUP,
+    consumer: Annotated[str | None, typer.Option("--consumer", help="default: writer-<hostname>")] = None,
+    claim_idle_s: Annotated[float, typer.Option("--claim-idle-s", help="take over a dead writer's entries")] = 60.0,
+    config: ConfigOpt = None,
+) -> None:
+    """Consume the usage stream into Parquet until SIGTERM/SIGINT."""
+    settings = _settings(config, redis_url=redis_url)
+    if not settings.redis_url:
+        raise CliError("no Redis configured: pass --redis-url or set FLEETGATE_REDIS_URL")
+    name = consumer or f"writer-{socket.gethostname()}"
+    writer = LakeWriter(settings.redis_url, lake_config(settings), stream=stream, group=group, consumer=name,
+                        claim_idle_ms=int(claim_idle_s * 1000), flush_interval_s=settings.lake_flush_s,
+                        batch_rows=settings.lake_flush_rows)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, writer.stop)
+        await writer.run()
+
+    asyncio.run(main())
+    typer.echo(f"lake writer {name} stopped after {writer.rows_written} rows", err=True)
+
+
+# -- opsctl usage -----------------------------------------------------------------------------
+
+
+class ReportKind(str, Enum):
+    spend = "spend"
+    latency = "latency"
+    errors = "errors"
+
+
+@usage_app.command("report")
+@lake_errors
+def report_command(
+    kind: Annotated[ReportKind, typer.Argument(help="spend | latency | errors")],
+    by: Annotated[str, typer.Option("--by", help="org|key|model|day (spend); model|endpoint (latency); "
+                                                 "model|error_type (errors); comma-separated for several")] = "org",
+    since: Annotated[str | None, typer.Option("--since", help="7d, 24h, 30m or YYYY-MM-DD")] = None,
+    org: Annotated[str | None, typer.Option("--org", help="only this org's usage")] = None,
+    config: ConfigOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """A canned usage report."""
+    with LakeQuery(lake_config(_settings(config)), org=org) as lake:
+        report = getattr(lake, kind.value)
+        render(_rows(report(by=by, since=since, org=org)), output)
+
+
+@usage_app.command("export")
+@lake_errors
+def export_command(
+    month: Annotated[str, typer.Option("--month", help="YYYY-MM")],
+    out: Annotated[Path, typer.Option("--out", help="CSV file to write")],
+    org: Annotated[str | None, typer.Option("--org", help="only this org")] = None,
+    config: ConfigOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """One CSV row per org × day × model: requests, tokens, exact cost in USD."""
+    with LakeQuery(lake_config(_settings(config)), org=org) as lake:
+        table = lake.export_month(month, org=org)
+    try:
+        out.write_text(_csv_text(table))
+    except OSError as e:
+        raise CliError(f"cannot write {out}: {e.strerror}", EXIT_FAILED) from e
+    render({"month": month, "rows": table.num_rows, "out": str(out)}, output)
+
+
+# -- opsctl sql -------------------------------------------------------------------------------
+
+
+class SqlFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+@lake_errors
+def sql_command(
+    query: Annotated[str, typer.Argument(help="one read-only SELECT over the usage view")],
+    format: Annotated[SqlFormat, typer.Option("--format", "-f", help="table | csv | json")] = SqlFormat.table,
+    org: Annotated[str | None, typer.Option("--org", help="the usage view holds only this org's rows")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Read-only DuckDB SQL over the lake's `usage` view."""
+    with LakeQuery(lake_config(_settings(config)), org=org) as lake:
+        table = lake.sql(query)
+    if format is SqlFormat.csv:
+        typer.echo(_csv_text(table), nl=False)
+    else:
+        render(_rows(table), Output(format.value))

@@ -1,0 +1,71 @@
+"""The simulator's settings: one frozen object built at the edge (CLI or test).
+
+Validation lives here so the CLI and `create_sim_app` reject the same bad values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """How one simulated vLLM pod behaves.
+
+    Latency: the first token is emitted `ttft_ms` after the request is admitted, then one
+    token every 1/`tokens_per_s` seconds (0 = all at once). Faults: each inference request
+    draws one number from the seeded RNG; below `error_rate` it gets a 500, below
+    `error_rate + hang_rate` it never gets an answer. For `slow_start_s` seconds after start
+    `/health` and every request answer 503. After `crash_after` inference requests the
+    process exits (in-process apps turn into a dead engine: 503 everywhere).
+    At most `max_num_seqs` requests run at once; the rest wait (vLLM's scheduler limit).
+    """
+
+    model: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    ttft_ms: float = 0.0
+    tokens_per_s: float = 0.0
+    error_rate: float = 0.0
+    hang_rate: float = 0.0
+    slow_start_s: float = 0.0
+    crash_after: int | None = None
+    seed: int | None = None
+    max_model_len: int = 8192
+    embedding_dim: int = 64
+    max_num_seqs: int = 256
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first bad field.
+
+        Raises:
+            ConfigError: a value is out of range (rates outside [0, 1], negative times, ...).
+        """
+        if not self.model or not self.model.strip():
+            raise ConfigError("model: must be a non-empty name", param="model")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"port: {self.port} is not a TCP port (1-65535)", param="port")
+        for name in ("ttft_ms", "tokens_per_s", "slow_start_s"):
+            value = getattr(self, name)
+            if not value >= 0 or value == float("inf"):  # also rejects NaN
+                raise ConfigError(f"{name}: {value} must be a finite number >= 0", param=name)
+        for name in ("error_rate", "hang_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{name}: {value} must be between 0 and 1", param=name)
+        if self.error_rate + self.hang_rate > 1.0:
+            raise ConfigError(
+                f"error_rate + hang_rate: {self.error_rate + self.hang_rate:g} must not exceed 1",
+                param="hang_rate",
+            )
+        if self.crash_after is not None and self.crash_after < 1:
+            raise ConfigError(f"crash_after: {self.crash_after} must be >= 1", param="crash_after")
+        for name in ("max_model_len", "embedding_dim", "max_num_seqs"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ConfigError(f"{name}: {value} must be >= 1", param=name)

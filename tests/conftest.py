@@ -1,0 +1,78 @@
+"""Shared fixtures: real Redis, PostgreSQL and S3 servers, isolated from the developer's config."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from tests.support import PostgresDatabase, RedisServer, S3Server, unavailable
+
+
+@pytest.fixture(autouse=True)
+def _no_developer_config(monkeypatch, tmp_path):
+    """No test reads the developer's fleetgate.toml or FLEETGATE_* env."""
+    for key in list(os.environ):
+        if key.startswith("FLEETGATE_") and key not in ("FLEETGATE_REQUIRE_SERVICES", "FLEETGATE_TEST_POSTGRES"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    server = RedisServer()
+    if not server.binary:
+        unavailable("redis-server is not on PATH")
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """A clean Redis for one test (the private server is flushed after it)."""
+    if redis_server.proc is None:
+        redis_server.start()
+    yield redis_server.url
+    if redis_server.proc is None:
+        redis_server.start()
+    redis_server.flushall()
+
+
+@pytest.fixture(scope="session")
+def postgres_database():
+    db = PostgresDatabase()
+    try:
+        db.create()
+    except Exception as e:  # noqa: BLE001 - any connection failure means "no PostgreSQL here"
+        unavailable(f"PostgreSQL not reachable at {db.admin_dsn}: {e}")
+    yield db
+    db.drop()
+
+
+@pytest.fixture
+def postgres_url(postgres_database):
+    """A fresh database per test: created here, dropped after."""
+    db = PostgresDatabase()
+    db.create()
+    yield db.url
+    db.drop()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    try:
+        server = S3Server()
+        server.start()
+    except Exception as e:  # noqa: BLE001
+        unavailable(f"moto S3 server could not start: {e}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    name = f"fg-{uuid.uuid4().hex[:10]}"
+    s3_server.create_bucket(name)
+    return name
