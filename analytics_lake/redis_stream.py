@@ -12,10 +12,11 @@ import time
 from collections.abc import Callable
 
 import orjson
+import pyarrow as pa
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from analytics_lake.errors import LakeError
+from analytics_lake.errors import LakeError, LakeInputError
 from analytics_lake.location import Lake, LakeConfig, check_name_part, open_lake
 from analytics_lake.writer import check_event, events_to_table, write_table
 
@@ -110,7 +111,7 @@ class LakeWriter:
         backlog: bytes | None = b"0"  # first re-read our own pending entries (a previous run died)
         try:
             await self._ensure_group(client)
-            batch: dict[bytes, dict] = {}  # entry id → event; a re-delivered id is not added twice
+            batch: dict[bytes, bytes] = {}  # entry id → event JSON; a re-delivered id is not added twice
             started = time.monotonic()
             while not self._stop.is_set():
                 entries: list[tuple[bytes, dict]] = []
@@ -122,7 +123,7 @@ class LakeWriter:
                     entries += await self._read(client, b">")
                 for entry_id, fields in entries:
                     if fields and entry_id not in batch:  # empty fields: deleted meanwhile
-                        batch[entry_id] = orjson.loads(fields[FIELD])
+                        batch[entry_id] = fields.get(FIELD, b"")
                 if not batch:
                     started = time.monotonic()
                 elif len(batch) >= self._batch_rows or time.monotonic() - started >= self._flush_interval_s:
@@ -165,9 +166,16 @@ class LakeWriter:
                                         count=self._batch_rows, block=block)
         return list(reply[0][1]) if reply else []
 
-    async def _commit(self, client: aioredis.Redis, lake: Lake, batch: dict[bytes, dict]) -> None:
+    async def _commit(self, client: aioredis.Redis, lake: Lake, batch: dict[bytes, bytes]) -> None:
         ids = list(batch)
-        table = events_to_table(list(batch.values()))
+        table, rejected = _parse(batch)
+        if rejected:  # never block the stream on a poison entry, never drop it silently either
+            log.error("lake writer %s: %d invalid entries moved to %s:rejected", self.consumer, len(rejected),
+                      self.stream)
+            async with client.pipeline(transaction=False) as pipe:
+                for raw in rejected:
+                    pipe.xadd(f"{self.stream}:rejected", {FIELD: raw})
+                await pipe.execute()
         seq = ids[0].decode().replace("-", "_")
         paths = await asyncio.to_thread(write_table, lake, table, writer_id=self.consumer, seq=seq)
         if self._on_written is not None:
@@ -180,6 +188,30 @@ class LakeWriter:
                 await pipe.execute()
         self.rows_written += table.num_rows
         log.info("lake writer %s: %d rows → %d files", self.consumer, table.num_rows, len(paths))
+
+
+def _parse(batch: dict[bytes, bytes]) -> tuple[pa.Table, list[bytes]]:
+    """Events → table; entries that are not valid events are returned apart (fast path: all valid)."""
+    events: list[dict] = []
+    rejected: list[bytes] = []
+    for raw in batch.values():
+        try:
+            event = orjson.loads(raw)
+            check_event(event)
+            events.append(event)
+        except (orjson.JSONDecodeError, LakeInputError, AttributeError):
+            rejected.append(raw)
+    try:
+        return events_to_table(events), rejected
+    except LakeInputError:
+        good = []
+        for event in events:
+            try:
+                events_to_table([event])
+                good.append(event)
+            except LakeInputError:
+                rejected.append(orjson.dumps(event))
+        return events_to_table(good), rejected
 
 
 async def pending_count(redis_url: str, stream: str = DEFAULT_STREAM, group: str = DEFAULT_GROUP) -> int:

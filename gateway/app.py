@@ -151,6 +151,7 @@ def create_app(
             else:
                 bus = ChangeBus()
             app[appkeys.BUS] = bus
+            app[appkeys.REDIS] = redis
             metrics = app[appkeys.METRICS]
             registry = Registry(the_store, redis=redis, keys=keys, ttl_s=settings.registry_ttl_s, metrics=metrics)
             app[appkeys.REGISTRY] = registry

@@ -23,6 +23,6 @@ AUTH: web.AppKey[Authenticator] = web.AppKey("auth")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 BUS: web.AppKey[ChangeBus] = web.AppKey("bus")
 DATAPLANE: web.AppKey[DataPlane] = web.AppKey("dataplane")
-UPSTREAM: web.AppKey[aiohttp.ClientSession] = web.AppKey("upstream")
+REDIS: web.AppKey[object] = web.AppKey("redis")  # redis.asyncio.Redis, or None without Redis
 
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)

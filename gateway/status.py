@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from gateway import appkeys
 from gateway.metrics import CONTENT_TYPE
@@ -27,9 +28,15 @@ async def readyz(request: web.Request) -> web.Response:
     except (*STORE_ERRORS, asyncio.TimeoutError):
         checks["store"] = "unreachable"
     redis_down = False
-    if app[appkeys.SETTINGS].redis_url:
-        redis_down = app[appkeys.BUS].degraded or dataplane.limiter.degraded or not registry.redis_ok
+    redis = app[appkeys.REDIS]
+    if redis is not None:
+        try:
+            await asyncio.wait_for(redis.ping(), 1.0)
+        except (RedisError, OSError, asyncio.TimeoutError):
+            redis_down = True
+        redis_down = redis_down or app[appkeys.BUS].degraded
         checks["redis"] = "unreachable" if redis_down else "ok"
+        checks["limits"] = "local-fallback" if dataplane.limiter.degraded else "global"
     checks["registry"] = "loaded" if registry.loaded_at is not None else "not loaded"
     metrics = app[appkeys.METRICS]
     metrics.redis_degraded.set(1 if redis_down else 0)

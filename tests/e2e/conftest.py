@@ -1,0 +1,71 @@
+"""Gateway processes for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import free_port, wait_for
+
+E2E_TOKEN = "fg-admin-e2e"
+
+
+class GatewayProcess:
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self.env = {**env, "FLEETGATE_PORT": str(self.port)}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> GatewayProcess:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "opsctl", "gateway", "serve"], env=self.env,
+                                         stdout=out, stderr=subprocess.STDOUT)
+        wait_for(self.ready, timeout=30, what=f"gateway on {self.port} (log {self.log})")
+        return self
+
+    def ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"gateway exited: {self.log.read_text()[-2000:]}")
+        return httpx.get(self.url + "/v1/status/readyz", timeout=2).status_code == 200
+
+    def admin(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {E2E_TOKEN}"}, timeout=30)
+
+    def stop(self, sig: int | None = None) -> None:
+        if self.proc and self.proc.poll() is None:
+            if sig is None:
+                self.proc.terminate()
+            else:
+                self.proc.send_signal(sig)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def gateway_factory(tmp_path) -> Callable[..., GatewayProcess]:
+    started: list[GatewayProcess] = []
+
+    def make(**env_overrides: str) -> GatewayProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETGATE_")}
+        env.update(FLEETGATE_ADMIN_TOKEN=E2E_TOKEN, FLEETGATE_STATE_DIR=str(tmp_path / "state"),
+                   FLEETGATE_USAGE_SINK="none", FLEETGATE_HEALTH_INTERVAL_S="0.5")
+        env.update(env_overrides)
+        gw = GatewayProcess(env, tmp_path / f"gateway-{len(started)}.log").start()
+        started.append(gw)
+        return gw
+
+    yield make
+    for gw in started:
+        gw.stop()

@@ -1,0 +1,46 @@
+"""`opsctl gateway serve --workers 2`: two processes on one port, metrics aggregated across them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.fleet import sim_pod
+from tests.integration.test_dataplane import fire
+from tests.support import wait_for
+
+
+def _total_requests(url: str) -> float:
+    text = httpx.get(url + "/metrics").text
+    return sum(s.value for f in text_string_to_metric_families(text) if f.name == "fleetgate_requests"
+               for s in f.samples if s.name == "fleetgate_requests_total")
+
+
+async def test_two_workers_share_a_port(gateway_factory, redis_url):
+    async with sim_pod("m") as pod:
+        gw = await asyncio.to_thread(gateway_factory, FLEETGATE_WORKERS="2", FLEETGATE_REDIS_URL=redis_url)
+        import psutil
+
+        workers = psutil.Process(gw.proc.pid).children()
+        assert len([p for p in workers if "python" in p.name()]) >= 2
+        with gw.admin() as admin:
+            admin.post("/admin/v1/organizations", json={"name": "acme"})
+            admin.post("/admin/v1/models", json={"name": "m", "endpoint": pod})
+            key = admin.post("/admin/v1/api-keys", json={"org": "acme"}).json()["key"]
+        # The other worker hears of the model through Redis pub/sub; connections land on either worker.
+        def everywhere() -> bool:
+            return all(httpx.get(gw.url + "/v1/models", headers={"Authorization": f"Bearer {key}"}).json()["data"]
+                       for _ in range(20))
+
+        wait_for(everywhere, timeout=5, what="model visible on both workers")
+        statuses = await fire(gw.url, key, 400, concurrency=32)
+        assert statuses[200] == 400, statuses
+        assert _total_requests(gw.url) >= 400
+        gw.stop(signal.SIGTERM)
+        assert gw.proc.returncode == 0
+        assert not any(psutil.pid_exists(p.pid) and p.status() != psutil.STATUS_ZOMBIE for p in workers)
+        assert os.environ.get("PROMETHEUS_MULTIPROC_DIR") is None
