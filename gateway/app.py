@@ -176,8 +176,11 @@ def create_app(
             if background:
                 stack.push_async_callback(_cancel, asyncio.create_task(
                     registry.refresh_forever(min(30.0, settings.registry_ttl_s / 2))))
+                # Two failed probes in a row, each with at least 1 s, before an endpoint is
+                # called unhealthy: one slow answer from a busy pod must not empty the pool.
                 prober = HealthProber(dataplane.session, interval_s=settings.health_interval_s,
-                                      timeout_s=min(2.0, settings.health_interval_s))
+                                      timeout_s=max(1.0, min(2.0, settings.health_interval_s)),
+                                      failure_threshold=2)
                 stack.push_async_callback(_cancel, asyncio.create_task(
                     prober.run(registry.all_states, _health_writer(the_store))))
             yield

@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 import redis
+import redis.asyncio
 
 from analytics_lake.compaction import compact, verify
 from analytics_lake.errors import LakeInputError
@@ -95,3 +96,27 @@ async def test_stream_sink_rejects_bad_events(redis_url):
             await sink.emit({"request_id": "only"})
     finally:
         await sink.close()
+
+
+async def test_a_poison_entry_is_set_aside_and_does_not_block_the_stream(redis_url, tmp_path):
+    config = LakeConfig(f"file://{tmp_path}/lake")
+    client = redis.asyncio.Redis.from_url(redis_url)
+    good = make_event(T0)
+    try:
+        await client.xadd("fg:usage", {"e": b"{not json"})
+        await client.xadd("fg:usage", {"e": b'{"request_id": "missing the rest"}'})
+        sink = RedisStreamSink(redis_url)
+        await sink.start()
+        await sink.emit(good)
+        await sink.close()
+        writer = LakeWriter(redis_url, config, consumer="w1", flush_interval_s=0.1, block_ms=50)
+        task = asyncio.create_task(writer.run())
+        deadline = asyncio.get_running_loop().time() + 10
+        while await client.xlen("fg:usage") and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        writer.stop()
+        await task
+        assert await client.xlen("fg:usage:rejected") == 2
+    finally:
+        await client.aclose()
+    assert counts(config) == (1, 1)
