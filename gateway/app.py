@@ -25,6 +25,7 @@ from gateway.limits import LocalLimiter, RedisLimiter
 from gateway.limits.base import Limiter
 from gateway.metrics import Metrics
 from gateway.middleware import errors_and_request_id
+from gateway.openapi import openapi
 from gateway.redis_keys import RedisKeys
 from gateway.registry import STORE_ERRORS, Registry
 from gateway.routing import EndpointState
@@ -196,4 +197,5 @@ def create_app(
     r.add_get("/v1/status/readyz", status.readyz)
     r.add_get("/metrics", status.metrics)
     setup_admin(app)
+    r.add_get("/openapi.json", openapi)
     return app

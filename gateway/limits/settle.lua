@@ -4,25 +4,27 @@
 -- KEYS[1]                  open-reservation marker
 -- KEYS[2 .. 1+nt]          "backlog:seen" per tokens-per-minute limit (see reserve.lua)
 -- KEYS[2+nt ..]            per budget: counters hash, lease zset
--- ARGV: now, lease member, reserved micros, actual micros, token delta (actual - reserved),
+-- ARGV[1]: one "|"-separated string (fewer arguments = less client CPU): now, lease member, reserved micros, actual micros, token delta (actual - reserved),
 --       nt, nb, nt x limit, nb x ttl_ms (0 = never expires)
 -- Returns 1 when settled, 0 when there was nothing (left) to settle.
+local arg = {}
+for v in string.gmatch(ARGV[1], '[^|]+') do arg[#arg + 1] = v end
 if redis.call('DEL', KEYS[1]) == 0 then
   return 0
 end
 local WINDOW = 60000
-local now = tonumber(ARGV[1])
-local member = ARGV[2]
-local reserved = tonumber(ARGV[3])
-local actual = tonumber(ARGV[4])
-local delta = tonumber(ARGV[5])
-local nt = tonumber(ARGV[6])
-local nb = tonumber(ARGV[7])
+local now = tonumber(arg[1])
+local member = arg[2]
+local reserved = tonumber(arg[3])
+local actual = tonumber(arg[4])
+local delta = tonumber(arg[5])
+local nt = tonumber(arg[6])
+local nb = tonumber(arg[7])
 
 if delta ~= 0 then
   for i = 1, nt do
     local key = KEYS[1 + i]
-    local tau = WINDOW / tonumber(ARGV[7 + i])
+    local tau = WINDOW / tonumber(arg[7 + i])
     local level, n = 0, now
     local raw = redis.call('GET', key)
     if raw then
@@ -50,7 +52,7 @@ for i = 1, nb do
   if actual > 0 then
     redis.call('HINCRBY', h, 'spent', actual)
   end
-  local ttl = tonumber(ARGV[7 + nt + i])
+  local ttl = tonumber(arg[7 + nt + i])
   if ttl > 0 then
     redis.call('PEXPIRE', h, ttl)
     redis.call('PEXPIRE', z, ttl)
