@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
 from gateway.errors import InvalidRequest
 
@@ -84,6 +84,7 @@ class LimitPolicy:
     org_rpm: int | None = None
     org_tpm: int | None = None
     budgets: tuple[BudgetRule, ...] = ()
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
 
     def __post_init__(self) -> None:
         check_id("org_id", self.org_id)
@@ -96,10 +97,15 @@ class LimitPolicy:
                 raise InvalidRequest(
                     f"budget {rule.scope}:{rule.scope_id} does not apply to key {self.key_id} of org {self.org_id}"
                 )
+        fields = (self.org_id, self.key_id, self.key_rpm, self.key_tpm, self.org_rpm, self.org_tpm, self.budgets)
+        object.__setattr__(self, "_hash", hash(fields))
+
+    def __hash__(self) -> int:
+        # Computed once: limiters look policies up on every request.
+        return self._hash
 
 
-@dataclass(frozen=True, slots=True)
-class BudgetSlot:
+class BudgetSlot(NamedTuple):
     """Where one budget's current period lives (key names double as LocalLimiter dict keys)."""
 
     rule: BudgetRule
@@ -108,18 +114,17 @@ class BudgetSlot:
     expire_at_ms: int  # 0 = never ("total" budgets)
 
 
-@dataclass(frozen=True, slots=True)
-class TokenSlot:
+class TokenSlot(NamedTuple):
     """A tokens-per-minute limit whose debit settle corrects to the actual token count."""
 
     key: str
     limit: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reservation:
     """What `reserve` returns. The gateway reads `headers`, `soft_limit_hit` and the amounts;
-    everything else is for `settle` (opaque)."""
+    everything else is for `settle` (opaque). Treat as read-only (not frozen: built per request)."""
 
     id: str
     org_id: str

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 KINDS = {"rpm": "requests", "tpm": "tokens"}
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
+class Reading(NamedTuple):
     """One rate limit as seen by one request."""
 
     kind: str  # "rpm" | "tpm"

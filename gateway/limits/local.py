@@ -148,7 +148,7 @@ class LocalLimiter:
         levels: list[float] = []
         failed, worst_wait = -1, 0.0
         for index, (rate, (level, _)) in enumerate(zip(plan.rates, states, strict=True)):
-            allowed, new_level, wait = admit(level, rate.amount, rate.limit)
+            allowed, new_level, wait = admit(level, plan.amount(rate), rate.limit)
             levels.append(new_level)
             if not allowed and (failed < 0 or wait > worst_wait):
                 failed, worst_wait = index, wait
@@ -166,7 +166,7 @@ class LocalLimiter:
             for budget in budgets:
                 budget.reserved += plan.cost
                 budget.leases[plan.lease_member] = (expiry, plan.cost)
-        if plan.budgets or any(rate.kind == "tpm" for rate in plan.rates):
+        if plan.needs_marker:
             self._open[plan.marker_key] = now_s + 2 * self._lease_s
         return Outcome(OK, readings, budgets=[(b.spent, b.reserved) for b in budgets])
 

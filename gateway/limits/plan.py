@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from gateway.errors import InsufficientQuota, InvalidRequest, RateLimited
 from gateway.limits.base import BudgetRule, BudgetSlot, BudgetStatus, LimiterHooks, LimitPolicy, Reservation, TokenSlot
@@ -21,58 +21,83 @@ OK, RATE_LIMITED, OVER_BUDGET = 0, 1, 2
 # Budget counters of a period outlive its end by this much (and by twice the lease), so late
 # settles still land and `budget_status` can be asked about the period that just ended.
 PERIOD_MARGIN_S = 2 * 86_400
+TEMPLATE_CACHE_SIZE = 10_000
 
 
-@dataclass(frozen=True, slots=True)
-class RateSlot:
+class RateSlot(NamedTuple):
     key: str
     kind: str  # "rpm" | "tpm"
     scope: str  # "key" | "org"
     limit: int
-    amount: int
 
 
-@dataclass(frozen=True, slots=True)
 class Plan:
-    """Everything one reserve touches; `now_ms` is on the gcra time scale."""
+    """Everything one reserve touches; `now_ms` is on the gcra time scale. (Plain slots class:
+    it is built on every request.)"""
 
-    reservation_id: str
-    org_id: str
-    now_s: float
-    now_ms: float
-    cost: int
-    tokens: int
-    marker_key: str
-    rates: tuple[RateSlot, ...]
-    budgets: tuple[BudgetSlot, ...]
+    __slots__ = ("reservation_id", "org_id", "now_s", "now_ms", "cost", "tokens", "marker_key", "rates",
+                 "budgets", "token_slots", "needs_marker")
+
+    def __init__(self, reservation_id: str, org_id: str, now_s: float, cost: int, tokens: int, marker_key: str,
+                 template: _Template) -> None:
+        self.reservation_id = reservation_id
+        self.org_id = org_id
+        self.now_s = now_s
+        self.now_ms = to_ms(now_s)
+        self.cost = cost
+        self.tokens = tokens
+        self.marker_key = marker_key
+        self.rates: tuple[RateSlot, ...] = template.rates
+        self.budgets: tuple[BudgetSlot, ...] = template.budgets
+        self.token_slots: tuple[TokenSlot, ...] = template.token_slots
+        self.needs_marker: bool = template.needs_marker
 
     @property
     def empty(self) -> bool:
         return not self.rates and not self.budgets
 
-    @property
-    def token_slots(self) -> tuple[TokenSlot, ...]:
-        return tuple(TokenSlot(r.key, r.limit) for r in self.rates if r.kind == "tpm")
+    def amount(self, rate: RateSlot) -> int:
+        """What `rate` is charged: one request, or the request's tokens."""
+        return 1 if rate.kind == "rpm" else self.tokens
 
     @property
     def lease_member(self) -> str:
         return f"{self.reservation_id}:{self.cost}"
 
 
-@dataclass(slots=True)
 class Outcome:
     """A limiter's verdict on a plan, in the form both implementations produce."""
 
-    status: int
-    readings: list[Reading]
-    wait_ms: float = 0.0  # RATE_LIMITED: time until the request fits (inf: never)
-    failed: int = -1  # index of the refusing rate slot or budget
-    budgets: list[tuple[int, int]] = field(default_factory=list)  # (spent, reserved) per budget
+    __slots__ = ("status", "readings", "wait_ms", "failed", "budgets")
+
+    def __init__(self, status: int, readings: list[Reading], *, wait_ms: float = 0.0, failed: int = -1,
+                 budgets: list[tuple[int, int]] | None = None) -> None:
+        self.status = status
+        self.readings = readings
+        self.wait_ms = wait_ms  # RATE_LIMITED: time until the request fits (inf: never)
+        self.failed = failed  # index of the refusing rate slot or budget
+        self.budgets = budgets or []  # (spent, reserved) per budget
+
+
+class _Template:
+    """The key names of one policy, computed once; budget slots are valid for [valid_from, valid_until)."""
+
+    __slots__ = ("rates", "token_slots", "needs_marker", "budgets", "valid_from", "valid_until")
+
+    def __init__(self, rates: tuple[RateSlot, ...]) -> None:
+        self.rates = rates
+        self.token_slots = tuple(TokenSlot(r.key, r.limit) for r in rates if r.kind == "tpm")
+        self.budgets: tuple[BudgetSlot, ...] = ()
+        self.valid_from = math.inf
+        self.valid_until = -math.inf
+        self.needs_marker = bool(self.token_slots)
 
 
 def check_amounts(cost_micros: int, tokens: int) -> None:
+    if type(cost_micros) is int and type(tokens) is int and cost_micros >= 0 and tokens >= 0:
+        return
     for name, value in (("cost_micros", cost_micros), ("tokens", tokens)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        if type(value) is not int or value < 0:
             raise InvalidRequest(f"{name}={value!r} is invalid: expected an integer >= 0")
 
 
@@ -81,14 +106,19 @@ def usd(micros: int) -> str:
 
 
 class Planner:
-    """Turns a policy and a request's amounts into a Plan; owns the key space and the calendar."""
+    """Turns a policy and a request's amounts into a Plan; owns the key space and the calendar.
 
-    __slots__ = ("keys", "lease_s", "_calendar")
+    Key names are computed once per policy (policies are hashed once, see LimitPolicy) and kept
+    in a bounded cache, so a reserve builds almost nothing.
+    """
+
+    __slots__ = ("keys", "lease_s", "_calendar", "_templates")
 
     def __init__(self, keys: KeySpace, lease_s: float) -> None:
         self.keys = keys
         self.lease_s = lease_s
         self._calendar = PeriodCalendar()
+        self._templates: dict[LimitPolicy, _Template] = {}
 
     def budget_slot(self, rule: BudgetRule, now_s: float) -> BudgetSlot:
         window = self._calendar.window(rule.period, now_s)
@@ -101,20 +131,33 @@ class Planner:
     def window(self, rule: BudgetRule, now_s: float) -> PeriodWindow:
         return self._calendar.window(rule.period, now_s)
 
-    def plan(self, policy: LimitPolicy, now_s: float, cost: int, tokens: int) -> Plan:
+    def _template(self, policy: LimitPolicy) -> _Template:
         org, key = policy.org_id, policy.key_id
-        rates: list[RateSlot] = []
-        for scope, scope_id, kind, limit, amount in (
-            ("key", key, "rpm", policy.key_rpm, 1),
-            ("org", org, "rpm", policy.org_rpm, 1),
-            ("key", key, "tpm", policy.key_tpm, tokens),
-            ("org", org, "tpm", policy.org_tpm, tokens),
-        ):
-            if limit is not None:
-                rates.append(RateSlot(self.keys.rate(org, scope, scope_id, kind), kind, scope, limit, amount))
-        budgets = tuple(self.budget_slot(rule, now_s) for rule in policy.budgets)
+        rates = tuple(
+            RateSlot(self.keys.rate(org, scope, scope_id, kind), kind, scope, limit)
+            for scope, scope_id, kind, limit in (
+                ("key", key, "rpm", policy.key_rpm),
+                ("org", org, "rpm", policy.org_rpm),
+                ("key", key, "tpm", policy.key_tpm),
+                ("org", org, "tpm", policy.org_tpm),
+            )
+            if limit is not None
+        )
+        if len(self._templates) >= TEMPLATE_CACHE_SIZE:
+            self._templates.clear()
+        template = self._templates[policy] = _Template(rates)
+        return template
+
+    def plan(self, policy: LimitPolicy, now_s: float, cost: int, tokens: int) -> Plan:
+        template = self._templates.get(policy) or self._template(policy)
+        if policy.budgets and not template.valid_from <= now_s < template.valid_until:
+            template.budgets = tuple(self.budget_slot(rule, now_s) for rule in policy.budgets)
+            windows = [self._calendar.window(rule.period, now_s) for rule in policy.budgets]
+            template.valid_from = max((w.start for w in windows if w.start is not None), default=-math.inf)
+            template.valid_until = min((w.end for w in windows if w.end is not None), default=math.inf)
+            template.needs_marker = True
         rid = os.urandom(9).hex()
-        return Plan(rid, org, now_s, to_ms(now_s), cost, tokens, self.keys.marker(org, rid), tuple(rates), budgets)
+        return Plan(rid, policy.org_id, now_s, cost, tokens, self.keys.marker(policy.org_id, rid), template)
 
 
 def soft_limit_reached(rule: BudgetRule, spent: int, reserved: int) -> bool:
@@ -140,7 +183,7 @@ def finish(plan: Plan, outcome: Outcome, origin: str, hooks: LimiterHooks) -> Re
         if math.isinf(outcome.wait_ms):
             raise RateLimited(
                 f"Request too large for the {slot_r.scope}'s tokens per minute limit: limit {slot_r.limit}, "
-                f"requested {slot_r.amount}. Reduce the prompt or max_tokens.",
+                f"requested {plan.tokens}. Reduce the prompt or max_tokens.",
                 headers=retry_headers(60_000.0, outcome.readings),
             )
         headers = retry_headers(outcome.wait_ms, outcome.readings)

@@ -203,15 +203,14 @@ class RedisLimiter:
         return max(1, expire_at_ms - int(now_s * 1000)) if expire_at_ms else 0
 
     def _reserve_call(self, plan: Plan) -> tuple[list[str], list[Any]]:
-        needs_marker = bool(plan.budgets) or any(rate.kind == "tpm" for rate in plan.rates)
         keys = [plan.marker_key]
         args: list[Any] = [
             plan.now_ms, self._lease_ms, plan.lease_member, plan.cost, len(plan.rates), len(plan.budgets),
-            2 * self._lease_ms if needs_marker else 0,
+            2 * self._lease_ms if plan.needs_marker else 0,
         ]
         for rate in plan.rates:
             keys.append(rate.key)
-            args += (rate.limit, rate.amount)
+            args += (rate.limit, plan.amount(rate))
         for slot in plan.budgets:
             keys += (slot.hash_key, slot.lease_key)
             args += (slot.rule.limit_micros, self._ttl_ms(slot.expire_at_ms, plan.now_s))

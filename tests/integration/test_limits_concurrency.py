@@ -101,16 +101,16 @@ import redis.asyncio as aioredis
 from gateway.errors import InsufficientQuota
 from gateway.limits import BudgetRule, LimitPolicy, RedisLimiter
 
-async def main(url, tasks, cost):
+async def main(url, tasks, cost, limit):
     client = aioredis.Redis.from_url(url)
     limiter = RedisLimiter(client, timeout_s=5.0)
-    policy = LimitPolicy("o1", "k1", budgets=(BudgetRule("org", "o1", 5000, "daily", 80),))
+    policy = LimitPolicy("o1", "k1", budgets=(BudgetRule("org", "o1", limit, "daily", 80),))
     # Start together: both processes check in, then wait (with a deadline) for the other.
     await client.incr("test:barrier")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 20
     while int(await client.get("test:barrier")) < 2 and loop.time() < deadline:
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.001)
     settled, refused = [], 0
 
     async def worker():
@@ -130,15 +130,17 @@ async def main(url, tasks, cost):
     await limiter.close()
     await client.aclose()
 
-asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+asyncio.run(main(sys.argv[1], *map(int, sys.argv[2:])))
 """
 
 
 async def test_budget_never_overshoots_across_two_processes(redis_url):
+    limit = 50_000  # ~700 requests: long enough for both processes to compete
+    rule = BudgetRule("org", "o1", limit, "daily", 80)
     env = {**os.environ, "PYTHONPATH": str(repo_root())}
     procs = [
         await asyncio.create_subprocess_exec(
-            sys.executable, "-c", WORKER, redis_url, "75", str(COST),
+            sys.executable, "-c", WORKER, redis_url, "75", str(COST), str(limit),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=str(repo_root()),
         )
         for _ in range(2)
@@ -149,14 +151,13 @@ async def test_budget_never_overshoots_across_two_processes(redis_url):
         assert proc.returncode == 0, err.decode()
         results.append(json.loads(out))
     assert not any(r["degraded"] for r in results)
-    assert sum(r["accepted"] for r in results) == LIMIT // COST
+    assert sum(r["accepted"] for r in results) == limit // COST
     assert sum(r["refused"] for r in results) == 150
-    assert all(r["accepted"] > 0 for r in results)  # both processes really competed
+    assert all(r["accepted"] > 0 for r in results), results  # both processes really competed
     client = aioredis.Redis.from_url(redis_url)
     try:
-        limiter = RedisLimiter(client)
-        status = await limiter.budget_status(RULE)
+        status = await RedisLimiter(client).budget_status(rule)
     finally:
         await client.aclose()
-    assert status.spent_micros == sum(r["settled"] for r in results) == COST * (LIMIT // COST)
+    assert status.spent_micros == sum(r["settled"] for r in results) == COST * (limit // COST)
     assert status.reserved_micros == 0
