@@ -17,6 +17,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from analytics_lake.catalog import MANIFEST, HourPartition, list_hours
+from analytics_lake.errors import LakeError
 from analytics_lake.location import Lake, LakeConfig, open_lake, part_name
 from analytics_lake.schema import SCHEMA_VERSION, USAGE_SCHEMA
 from analytics_lake.writer import new_seq, write_bytes_atomic, write_parquet_atomic
@@ -92,7 +93,10 @@ def compact(lake: Lake | LakeConfig, before: date | None = None) -> dict:
     for part in list_hours(lake):
         if before is not None and date.fromisoformat(part.dt) >= before:
             continue
-        result = compact_hour(lake, part)
+        try:
+            result = compact_hour(lake, part)
+        except (OSError, pa.ArrowException) as e:  # e.g. a file with a foreign schema: leave the hour as is
+            raise LakeError(f"compacting {part.path} failed (safe to rerun): {e}") from e
         if result:
             done.append(result)
     return {
@@ -112,7 +116,11 @@ def verify(lake: Lake | LakeConfig) -> dict:
     for part in list_hours(lake):
         rows = 0
         for path in part.effective_files:
-            meta = pq.read_metadata(path, filesystem=lake.fs)
+            try:
+                meta = pq.read_metadata(path, filesystem=lake.fs)
+            except (OSError, pa.ArrowException) as e:
+                schema_errors.append(f"{path}: not readable as Parquet: {e}")
+                continue
             schema = meta.schema.to_arrow_schema()
             version = (meta.metadata or {}).get(_VERSION_KEY)
             if not schema.remove_metadata().equals(USAGE_SCHEMA.remove_metadata()):

@@ -64,7 +64,7 @@ class LakeQuery:
             files = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in self.files) + "]"
             con.execute(
                 f"CREATE VIEW usage AS SELECT * FROM read_parquet({files}, hive_partitioning=true, "
-                f"hive_types={{'dt': DATE, 'hour': INTEGER}}, union_by_name=true){scope}"
+                f"hive_types={{'dt': DATE, 'hour': INTEGER}}){scope}"
             ).fetchall()
             con.execute("SET allowed_directories=[" + "'" + self.lake.usage_root.replace("'", "''") + "/']").fetchall()
         else:
@@ -149,16 +149,23 @@ class LakeQuery:
             f"FROM usage{where} GROUP BY ALL ORDER BY ALL", params)
 
     def latency(self, by: str | Sequence[str] = "model", *, since: datetime | timedelta | str | None = None,
-                org: str | None = None) -> pa.Table:
-        """p50/p95/p99 of total latency and of time to first token (ms), grouped by model|endpoint|..."""
+                org: str | None = None, percentiles: Sequence[float] = (0.5, 0.95, 0.99),
+                ttft: bool = True) -> pa.Table:
+        """Exact percentiles (ms) of total latency and, if `ttft`, of time to first token, by model|endpoint|...
+
+        Columns: requests, latency_p50_ms, latency_p95_ms, ... (one per percentile), then ttft_p50_ms, ...
+        """
         cols = resolve_by(by, ("model", "endpoint", "release", "environment", "org", "key", "day"))
+        if not percentiles or any(not 0 < p < 1 for p in percentiles):
+            raise LakeInputError(f"percentiles {tuple(percentiles)} are invalid: expected values between 0 and 1")
+        metrics = ["latency_ms", "ttft_ms"] if ttft else ["latency_ms"]
+        aggs = ", ".join(
+            f"quantile_cont({m}, {float(p)!r}) AS {m[:-3]}_p{format(p * 100, 'g').replace('.', '_')}_ms"
+            for m in metrics for p in percentiles
+        )
         where, params = self._where(since, org)
-        return self._run(
-            f"SELECT {cols}, count(*) AS requests, "
-            f"quantile_cont(latency_ms, 0.5) AS latency_p50_ms, quantile_cont(latency_ms, 0.95) AS latency_p95_ms, "
-            f"quantile_cont(latency_ms, 0.99) AS latency_p99_ms, quantile_cont(ttft_ms, 0.5) AS ttft_p50_ms, "
-            f"quantile_cont(ttft_ms, 0.95) AS ttft_p95_ms, quantile_cont(ttft_ms, 0.99) AS ttft_p99_ms "
-            f"FROM usage{where} GROUP BY ALL ORDER BY ALL", params)
+        return self._run(f"SELECT {cols}, count(*) AS requests, {aggs} FROM usage{where} GROUP BY ALL ORDER BY ALL",
+                         params)
 
     def errors(self, by: str | Sequence[str] = "model", *, since: datetime | timedelta | str | None = None,
                org: str | None = None) -> pa.Table:

@@ -14,9 +14,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
-from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
 from gateway.errors import InvalidRequest, ServiceUnavailable
@@ -53,6 +52,15 @@ NEVER_MS = 1e15  # reserve.lua's "this request never fits"
 MAX_PENDING_SETTLES = 100_000
 
 
+class ScriptClient(Protocol):
+    """All RedisLimiter needs from a client: redis.asyncio.Redis (or RedisCluster) fits, and so
+    would a leaner pipelined RESP connection for the hot path."""
+
+    async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any: ...
+
+    async def script_load(self, script: str) -> Any: ...
+
+
 @dataclass(frozen=True, slots=True)
 class _Script:
     source: str
@@ -68,7 +76,8 @@ class RedisLimiter:
     """`Limiter` backed by Redis; falls back per `outage_policy` while Redis is unreachable.
 
     Args:
-        redis: a redis.asyncio client (the caller owns and closes it).
+        redis: a redis.asyncio client, or anything with its evalsha/script_load (the caller owns
+            and closes it). Errors must be redis.exceptions.RedisError (NoScriptError for NOSCRIPT).
         prefix: key prefix (keys.KeySpace).
         lease_s: a reservation not settled within this time is freed (its gateway crashed).
         timeout_s: budget for one Redis call; slower counts as an outage.
@@ -82,7 +91,7 @@ class RedisLimiter:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: ScriptClient,
         *,
         prefix: str = "fg",
         lease_s: float = 900,
@@ -217,8 +226,8 @@ class RedisLimiter:
         return keys, args
 
     @staticmethod
-    def _outcome(plan: Plan, raw: Sequence[Any]) -> Outcome:
-        values = [int(v) for v in raw]
+    def _outcome(plan: Plan, raw: bytes | str) -> Outcome:
+        values = [int(v) for v in (raw.decode() if isinstance(raw, bytes) else raw).split(",")]
         status, wait, failed = values[0], values[1], values[2]
         if status == OVER_BUDGET:
             return Outcome(status, [], failed=failed, budgets=[(0, 0)] * failed + [(values[3], values[4])])

@@ -7,7 +7,8 @@
 -- KEYS[2+nr ..]            per budget: counters hash {spent, reserved}, lease zset
 -- ARGV[1]: one "|"-separated string (fewer arguments = less client CPU): now, lease_ms, lease member "rid:micros", cost, nr, nb, marker_ttl_ms (0 = no marker),
 --       nr x (limit, amount), nb x (limit, ttl_ms (0 = never expires))
--- Returns {0, 0, -1, nr x (remaining, reset_ms), nb x (spent, reserved)} when accepted,
+-- Returns (as one comma-separated string: cheaper for the client to read than an array)
+--         {0, 0, -1, nr x (remaining, reset_ms), nb x (spent, reserved)} when accepted,
 --         {1, wait_ms, failed, nr x (remaining, reset_ms)} when a rate limit refuses (wait 1e15 = never),
 --         {2, 0, failed, spent, reserved} when a budget refuses.
 local arg = {}
@@ -21,6 +22,12 @@ local nr = tonumber(arg[5])
 local nb = tonumber(arg[6])
 local marker_ttl = tonumber(arg[7])
 local rarg, barg, bkey = 7, 7 + 2 * nr, 1 + nr
+
+-- Integers as text; tostring() would print large ones in %.14g exponent form.
+local function pack(values)
+  for i = 1, #values do values[i] = string.format('%d', values[i]) end
+  return table.concat(values, ',')
+end
 
 local function reading(level, limit)
   local left = math.floor((WINDOW - level + EPS) * limit / WINDOW)
@@ -56,7 +63,7 @@ for i = 1, nb do
   local v = redis.call('HMGET', h, 'spent', 'reserved')
   local spent, reserved = tonumber(v[1]) or 0, tonumber(v[2]) or 0
   if spent + reserved + cost > tonumber(arg[barg + 2 * i - 1]) then
-    return {2, 0, i - 1, spent, reserved}
+    return pack({2, 0, i - 1, spent, reserved})
   end
   counters[i] = {spent, reserved}
 end
@@ -80,7 +87,7 @@ if failed >= 0 then
     out[#out + 1] = left
     out[#out + 1] = reset
   end
-  return out
+  return pack(out)
 end
 
 local out = {0, 0, -1}
@@ -109,4 +116,4 @@ end
 if marker_ttl > 0 then
   redis.call('SET', KEYS[1], '1', 'PX', marker_ttl)
 end
-return out
+return pack(out)

@@ -301,6 +301,18 @@ async def test_rebuild_sets_the_current_period_spend(make_limiter):
     await limiter.reserve(policy(rule), cost_micros=1_500, tokens=1)
 
 
+async def test_large_amounts_stay_exact(make_limiter):
+    limiter = make_limiter()
+    rule = org_budget(10**15 + 100, "total")  # a billion dollars, to the micro-dollar
+    await limiter.rebuild(rule, 10**15 + 1)
+    res = await limiter.reserve(policy(rule), cost_micros=99, tokens=1)
+    with pytest.raises(InsufficientQuota):
+        await limiter.reserve(policy(rule), cost_micros=1, tokens=1)
+    await limiter.settle(res, cost_micros=98, tokens=1)
+    status = await limiter.budget_status(rule)
+    assert (status.spent_micros, status.remaining_micros) == (10**15 + 99, 1)
+
+
 async def test_concurrent_reserves_never_overshoot(make_limiter):
     limiter = make_limiter()
     rule = org_budget(5_000)

@@ -8,6 +8,7 @@ import pytest
 
 from analytics_lake.catalog import MANIFEST, list_hours
 from analytics_lake.compaction import begin_hour, compact, verify
+from analytics_lake.errors import LakeError
 from analytics_lake.location import LakeConfig, open_lake
 from analytics_lake.query import LakeQuery
 from analytics_lake.synthetic import make_event
@@ -84,6 +85,11 @@ def test_verify_reports_schema_errors(lake):
     part = list_hours(open_lake(config))[0]
 
     pq.write_table(pa.table({"request_id": ["x"]}), f"{part.path}/part-alien-1.parquet")
+    with open(f"{part.path}/part-garbage-1.parquet", "wb") as f:
+        f.write(b"not parquet")
     report = verify(config)
     assert not report["ok"]
     assert any("part-alien-1.parquet" in e for e in report["schema_errors"])
+    assert any("part-garbage-1.parquet" in e for e in report["schema_errors"])
+    with pytest.raises(LakeError):
+        compact(config)

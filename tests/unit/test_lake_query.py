@@ -69,6 +69,9 @@ def test_latency_errors_and_export_shapes(lake, events):
         lat = {r["model"]: r for r in q.latency(by="model").to_pylist()}
         assert set(lat) == {"m1", "m2"}
         assert lat["m1"]["latency_p50_ms"] <= lat["m1"]["latency_p95_ms"] <= lat["m1"]["latency_p99_ms"]
+        assert lat["m1"]["ttft_p50_ms"] <= lat["m1"]["ttft_p99_ms"]
+        p95 = q.latency(by="endpoint", percentiles=(0.95,), ttft=False)
+        assert p95.column_names == ["endpoint", "requests", "latency_p95_ms"]
         errs = {r["model"]: r for r in q.errors(by="model").to_pylist()}
         assert errs["m1"]["errors"] == sum(1 for e in events if e["model"] == "m1" and e["status"] >= 400)
         export = q.export_month("2026-01").to_pylist()
@@ -109,6 +112,7 @@ def test_new_files_show_up_after_refresh(tmp_path, events):
     lambda q: q.export_month("2026-13"),
     lambda q: q.export_month("January"),
     lambda q: q.top_keys(0),
+    lambda q: q.latency(percentiles=(95,)),
     lambda q: q.sql("SELECT no_such_column FROM usage"),
 ])
 def test_bad_report_arguments_are_input_errors(lake, call):
