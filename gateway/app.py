@@ -23,7 +23,7 @@ from gateway.events import ChangeBus, RedisChangeBus
 from gateway.health import HealthProber, ProbeResult
 from gateway.limits import LocalLimiter, RedisLimiter
 from gateway.limits.base import Limiter
-from gateway.metrics import Metrics
+from gateway.metrics import LimiterMetrics, Metrics
 from gateway.middleware import errors_and_request_id
 from gateway.openapi import openapi
 from gateway.redis_keys import RedisKeys
@@ -36,13 +36,14 @@ from gateway.store.base import Store
 log = logging.getLogger(__name__)
 
 
-def build_limiter(settings: Settings, redis: aioredis.Redis | None) -> Limiter:
-    local = LocalLimiter(lease_s=settings.reservation_lease_s)
+def build_limiter(settings: Settings, redis: aioredis.Redis | None, metrics: Metrics) -> Limiter:
+    hooks = LimiterMetrics(metrics)
+    local = LocalLimiter(lease_s=settings.reservation_lease_s, prefix=settings.redis_prefix, hooks=hooks)
     if redis is None:
         return local
     return RedisLimiter(redis, prefix=settings.redis_prefix, lease_s=settings.reservation_lease_s,
                         timeout_s=settings.redis_timeout_ms / 1000.0, fallback=local,
-                        outage_policy=settings.limits_outage_policy)
+                        outage_policy=settings.limits_outage_policy, hooks=hooks)
 
 
 def build_sink(settings: Settings, writer_id: str) -> UsageSinkLike | None:
@@ -160,14 +161,14 @@ def create_app(
             app[appkeys.AUTH] = auth
             bus.subscribe(registry.on_change)
             bus.subscribe(auth.on_change)
-            limiter = build_limiter(settings, redis)
+            limiter = build_limiter(settings, redis, metrics)
             stack.push_async_callback(limiter.close)
             usage_sink = sink if sink is not None else build_sink(settings, worker_id)
             if usage_sink is not None:
                 await usage_sink.start()
                 stack.push_async_callback(usage_sink.close)
             dataplane = DataPlane(settings, auth=auth, registry=registry, limiter=limiter, sink=usage_sink,
-                                  metrics=metrics)
+                                  metrics=metrics, store=the_store)
             app[appkeys.DATAPLANE] = dataplane
             await dataplane.start()
             stack.push_async_callback(dataplane.close)

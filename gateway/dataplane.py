@@ -35,6 +35,7 @@ from gateway.metrics import Metrics
 from gateway.registry import Registry, Route
 from gateway.routing import Balancer, EndpointState, acquire
 from gateway.settings import Settings
+from gateway.store.base import Store
 from gateway.streaming import SseRelay
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class Call:
     upstream_ms: float = 0.0
     reservation: Reservation | None = None
     user: str | None = None
+    max_tokens: int = 0
     done: bool = False
     extra_headers: dict[str, str] = field(default_factory=dict)
 
@@ -91,7 +93,10 @@ class DataPlane:
         metrics: Metrics,
         balancer: Balancer | None = None,
         health: PassiveHealth | None = None,
+        store: Store | None = None,
     ) -> None:
+        self.store = store
+        self._soft_flagged: set[tuple[str, str, str]] = set()
         self.settings = settings
         self.auth = auth
         self.registry = registry
@@ -186,6 +191,23 @@ class DataPlane:
                 chain.append(fb)
         return chain
 
+    def _soft_limit(self, info: KeyInfo, reservation: Reservation) -> None:
+        """Count every request over a soft limit; audit the first one per budget and period."""
+        self.metrics.child(self.metrics.soft_limit, info.org.id).inc()
+        if self.store is None:
+            return
+        now = time.gmtime()
+        for rule in reservation.soft_limit_rules:
+            period = {"daily": time.strftime("%Y-%m-%d", now), "monthly": time.strftime("%Y-%m", now)}.get(
+                rule.period, "total")
+            marker = (rule.scope, rule.scope_id, period)
+            if marker in self._soft_flagged:
+                continue
+            self._soft_flagged.add(marker)
+            self._spawn(self.store.add_audit("gateway", "budget.soft_limit", rule.scope_id, {
+                "org_id": rule.org_id, "scope": rule.scope, "period": rule.period, "period_key": period,
+                "limit_micros": rule.limit_micros, "soft_limit_pct": rule.soft_limit_pct}))
+
     # --- the request path -------------------------------------------------
     async def handle(self, request: web.Request, kind: str, upstream_path: str) -> web.StreamResponse:
         call = Call(request_id=request.get(REQUEST_ID) or uuid.uuid4().hex,
@@ -200,18 +222,18 @@ class DataPlane:
             call.stream = kind != "embeddings" and body.get("stream") is True
             max_tokens = 0 if kind == "embeddings" else (
                 body.get("max_tokens") or body.get("max_completion_tokens") or route.model.max_tokens)
+            call.max_tokens = max_tokens
             call.prompt_tokens = estimate_prompt_tokens(body)
-            policy = self.policy_for(call.info)
+            # Reserve for the most expensive model the request may end up on (fallbacks).
+            chain = self._chain(route, route.model.environment)
+            reserve = max(cost_micros(call.prompt_tokens, max_tokens, r.model.input_price, r.model.output_price)
+                          for r in chain)
             call.reservation = await self.limiter.reserve(
-                policy,
-                cost_micros=cost_micros(call.prompt_tokens, max_tokens, route.model.input_price,
-                                        route.model.output_price),
-                tokens=call.prompt_tokens + max_tokens,
-            )
+                self.policy_for(call.info), cost_micros=reserve, tokens=call.prompt_tokens + max_tokens)
             call.extra_headers = call.reservation.headers
             if call.reservation.soft_limit_hit:
-                self.metrics.child(self.metrics.soft_limit, call.info.org.id).inc()
-            return await self._forward(request, call, route, body, upstream_path)
+                self._soft_limit(call.info, call.reservation)
+            return await self._forward(request, call, route, body, upstream_path, kind)
         except FleetgateError as e:
             call.status = e.status
             call.error_type = e.code or e.type
@@ -226,7 +248,7 @@ class DataPlane:
             raise
 
     async def _forward(self, request: web.Request, call: Call, route: Route, body: dict,
-                       path: str) -> web.StreamResponse:
+                       path: str, kind: str) -> web.StreamResponse:
         assert call.info is not None
         env = route.model.environment
         affinity = request.headers.get("X-Session-ID") or (body.get("user") if isinstance(body.get("user"), str)
@@ -237,7 +259,7 @@ class DataPlane:
         last_error: FleetgateError = ServiceUnavailable(
             f"No healthy endpoint for model '{route.model.name}' in '{env}'.")
         attempts = 0
-        for candidate in self._chain(route, env):
+        for candidate in self._chain(route, env):  # cheap: usually one model
             while attempts < self.settings.max_attempts:
                 state = self.balancer.pick(candidate.states, affinity_key=affinity, exclude=tried)
                 if state is None:
@@ -248,7 +270,8 @@ class DataPlane:
                     self.metrics.child(self.metrics.retries, route.model.name).inc()
                 payload = payload_cache.get(candidate.model.name)
                 if payload is None:
-                    payload = payload_cache[candidate.model.name] = self._payload(body, candidate, call.stream)
+                    payload = payload_cache[candidate.model.name] = self._payload(body, candidate, call.stream, kind,
+                                                                                  call.max_tokens)
                 call.served, call.state = candidate, state
                 try:
                     if call.stream:
@@ -260,11 +283,16 @@ class DataPlane:
         raise last_error
 
     @staticmethod
-    def _payload(body: dict, route: Route, stream: bool) -> bytes:
-        if not stream and route.model.name == body["model"]:
-            return orjson.dumps(body)
+    def _payload(body: dict, route: Route, stream: bool, kind: str, max_tokens: int) -> bytes:
+        """The upstream body: the served model's name, usage on streams, and a max_tokens cap.
+
+        Without a cap from the client, the reserved `max_tokens` (the requested model's default)
+        is sent upstream: the budget reservation assumed it, so the pod must not generate more.
+        """
         out = dict(body)
         out["model"] = route.model.name
+        if kind != "embeddings" and body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+            out["max_tokens"] = max_tokens
         if stream:
             out["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         return orjson.dumps(out)

@@ -13,6 +13,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
 
+from gateway.limits.base import LimiterHooks
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -65,3 +67,13 @@ class Metrics:
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+class LimiterMetrics(LimiterHooks):
+    """Limiter observations → metrics (cheap: called on the request path)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def degraded_changed(self, degraded: bool) -> None:
+        self._metrics.redis_degraded.set(1 if degraded else 0)

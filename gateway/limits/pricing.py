@@ -6,6 +6,7 @@ and the estimate errs high (it must stay >= the simulator's and vLLM's real coun
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
@@ -22,7 +23,13 @@ PRIMING_TOKENS = 8
 IMAGE_PART_TOKENS = 1_000
 
 
+@functools.lru_cache(maxsize=4096, typed=True)
 def _price(name: str, value: float | int | str | Decimal) -> Fraction:
+    """Parse a price once: a registry has few distinct prices, and this runs twice per request."""
+    return _parse_price(name, value)
+
+
+def _parse_price(name: str, value: float | int | str | Decimal) -> Fraction:
     if isinstance(value, bool):
         raise InvalidRequest(f"{name}={value!r} is invalid: expected a price in USD per 1M tokens")
     try:
@@ -52,10 +59,17 @@ def cost_micros(
     for name, count in (("prompt_tokens", prompt_tokens), ("completion_tokens", completion_tokens)):
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
             raise InvalidRequest(f"{name}={count!r} is invalid: expected an integer >= 0")
-    total = prompt_tokens * _price("input_price", input_price_per_1m) + completion_tokens * _price(
-        "output_price", output_price_per_1m
-    )
-    return math.ceil(total)
+    a, b, d = _scaled(input_price_per_1m, output_price_per_1m)
+    return -(-(prompt_tokens * a + completion_tokens * b) // d)  # exact ceil in integers
+
+
+@functools.lru_cache(maxsize=4096, typed=True)
+def _scaled(input_price: float | int | str | Decimal, output_price: float | int | str | Decimal) -> tuple[int, int, int]:
+    """Both prices over one common denominator d: cost = ceil((p*a + c*b) / d), all integers."""
+    pin = _price("input_price", input_price)
+    pout = _price("output_price", output_price)
+    d = math.lcm(pin.denominator, pout.denominator)
+    return pin.numerator * (d // pin.denominator), pout.numerator * (d // pout.denominator), d
 
 
 def _text_tokens(chars: int) -> int:

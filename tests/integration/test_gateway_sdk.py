@@ -46,7 +46,7 @@ async def test_chat_completion_returns_usage(fleet):
 
 
 async def test_chat_stream_arrives_incrementally_with_usage_when_asked(tmp_path):
-    async with sim_pod("slow-m", ttft_ms=50, tokens_per_s=50) as url:
+    async with sim_pod("slow-m", ttft_ms=50, tokens_per_s=20) as url:
         async with running_gateway(gateway_settings(tmp_path)) as gw:
             await gw.create_org()
             await gw.register("slow-m", url)
@@ -64,8 +64,8 @@ async def test_chat_stream_arrives_incrementally_with_usage_when_asked(tmp_path)
                         usage = chunk.usage
                 assert usage is not None and usage.completion_tokens == 10
                 assert text
-                # 10 tokens at 50 tok/s: chunks are spread over ~200 ms, not delivered in one burst.
-                assert arrivals[-1] - arrivals[0] > 0.12
+                # 10 tokens at 20 tok/s: chunks are spread over ~450 ms, not delivered in one burst.
+                assert arrivals[-1] - arrivals[0] > 0.25
 
                 stream = await client.chat.completions.create(
                     model="slow-m", messages=[{"role": "user", "content": "count"}], max_tokens=5, stream=True)
@@ -145,3 +145,24 @@ async def test_upstream_never_sees_the_client_key(tmp_path):
             await client.chat.completions.create(model="cap", messages=[{"role": "user", "content": "x"}])
     assert seen and all("authorization" not in {k.lower() for k in h} for h in seen)
     assert not any(key in str(h) for h in seen)
+
+
+async def test_budget_soft_limit_is_flagged_and_exhaustion_is_insufficient_quota(tmp_path):
+    async with sim_pod("m") as pod, running_gateway(gateway_settings(tmp_path)) as gw:
+        await gw.create_org()
+        await gw.register("m", pod, input_price=0, output_price=1000, max_tokens=10)  # 10k micros a call
+        r = await gw.admin.put("/admin/v1/budgets", json={"org": "acme", "usd": 0.05, "period": "daily",
+                                                          "soft_limit_pct": 50})
+        assert r.status_code == 200
+        key = (await gw.create_key())["key"]
+        async with AsyncOpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0) as client:
+            msgs = [{"role": "user", "content": "x"}]
+            for _ in range(5):
+                await client.chat.completions.create(model="m", messages=msgs, extra_body={"ignore_eos": True})
+            with pytest.raises(openai.RateLimitError) as e:
+                await client.chat.completions.create(model="m", messages=msgs)
+            assert e.value.code == "insufficient_quota"
+        audit = (await gw.admin.get("/admin/v1/audit")).json()
+        assert [a["action"] for a in audit].count("budget.soft_limit") == 1
+        metrics = (await gw.admin.get("/metrics")).text
+        assert 'fleetgate_budget_soft_limit_total{org=' in metrics

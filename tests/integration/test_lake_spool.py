@@ -16,7 +16,7 @@ from analytics_lake.errors import LakeError, LakeInputError, SpoolLocked
 from analytics_lake.location import LakeConfig
 from analytics_lake.query import LakeQuery
 from analytics_lake.spool import SpoolSink
-from analytics_lake.spool_files import acquire_lock, flush_spool_tree, release_lock, segment_name
+from analytics_lake.spool_files import flush_spool_tree, segment_name
 from analytics_lake.synthetic import make_event
 from tests.support import repo_root, wait_for
 
