@@ -138,6 +138,19 @@ class LakeQuery:
             clauses.append(extra)
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
+    def spent_micros(self, org_id: str, *, key_id: str | None = None, since: datetime | None = None) -> int:
+        """Exact spend (micro-USD) of an org (or one key) since `since`, each request_id counted once.
+
+        Used to rebuild budget counters after Redis lost its data.
+        """
+        where, params = self._where(since, org_id, "key_id = ?" if key_id else "")
+        if key_id:
+            params.append(key_id)
+        table = self._run(
+            "SELECT CAST(coalesce(sum(cost), 0) AS BIGINT) AS spent FROM "
+            f"(SELECT any_value(cost_micros) AS cost FROM usage{where} GROUP BY request_id)", params)
+        return int(table.column("spent")[0].as_py())
+
     def spend(self, by: str | Sequence[str] = "org", *, since: datetime | timedelta | str | None = None,
               org: str | None = None) -> pa.Table:
         """Requests, tokens and cost (exact, DECIMAL USD) grouped by org|key|model|day (or several)."""

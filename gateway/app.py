@@ -32,6 +32,7 @@ from gateway.routing import EndpointState
 from gateway.settings import Settings
 from gateway.store import open_store
 from gateway.store.base import Store
+from gateway.usage import build_sink
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +45,6 @@ def build_limiter(settings: Settings, redis: aioredis.Redis | None, metrics: Met
     return RedisLimiter(redis, prefix=settings.redis_prefix, lease_s=settings.reservation_lease_s,
                         timeout_s=settings.redis_timeout_ms / 1000.0, fallback=local,
                         outage_policy=settings.limits_outage_policy, hooks=hooks)
-
-
-def build_sink(settings: Settings, writer_id: str) -> UsageSinkLike | None:
-    if settings.usage_sink == "none":
-        return None
-    from analytics_lake.sinks import sink_from_settings
-
-    return sink_from_settings(settings, writer_id)
 
 
 async def chat(request: web.Request) -> web.StreamResponse:

@@ -92,6 +92,23 @@ def _parse(buf: bytes, pos: int) -> tuple[Any, int]:
 
 def encode_command(args: tuple[Any, ...]) -> bytes:
     """RESP2 array of bulk strings; bytes, str (UTF-8), int and float arguments, like redis-py."""
+    # Fast path, the hot one (str and int arguments): one str, encoded once. Lengths count
+    # characters, so it is right only when every character is one byte, as the final check says.
+    parts = [f"*{len(args)}"]
+    for arg in args:
+        kind = type(arg)
+        if kind is int:
+            arg = str(arg)
+        elif kind is not str:
+            return _encode_bytes(args)
+        parts.append(f"${len(arg)}\r\n{arg}")
+    parts.append("")
+    text = "\r\n".join(parts)
+    data = text.encode()
+    return data if len(data) == len(text) else _encode_bytes(args)
+
+
+def _encode_bytes(args: tuple[Any, ...]) -> bytes:
     out = [b"*%d\r\n" % len(args)]
     for arg in args:
         kind = type(arg)

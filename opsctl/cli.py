@@ -23,10 +23,13 @@ app.add_typer(budget.budget_app, name="budget")
 
 def _mount_optional() -> None:
     """Areas built in their own modules."""
-    from opsctl.commands import bench, sim
+    from opsctl.commands import bench, lake, sim
 
     app.add_typer(sim.app, name="sim")
     app.command("bench")(bench.bench_command)
+    app.add_typer(lake.lake_app, name="lake")
+    app.add_typer(lake.usage_app, name="usage")
+    app.command("sql")(lake.sql_command)
 
 
 _mount_optional()

@@ -16,6 +16,7 @@ from gateway.admin.orgs import announce_org
 from gateway.errors import InvalidRequest, NotFound
 from gateway.limits.base import PERIODS, BudgetRule
 from gateway.store.models import Budget
+from gateway.usage import spend_since
 
 MICROS = 1_000_000
 
@@ -84,8 +85,6 @@ async def rebuild_budgets(request: web.Request) -> web.Response:
     dataplane = request.app[appkeys.DATAPLANE]
     if dataplane.sink is not None and hasattr(dataplane.sink, "flush"):
         await dataplane.sink.flush()
-    from analytics_lake.rebuild import spend_since
-
     results = []
     for budget in await store.list_budgets():
         if org_ids is not None and budget.org_id not in org_ids:

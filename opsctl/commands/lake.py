@@ -21,7 +21,7 @@ import typer
 
 from analytics_lake.compaction import compact, verify
 from analytics_lake.errors import LakeError, LakeInputError
-from analytics_lake.location import LakeConfig
+from gateway.usage import lake_config
 from analytics_lake.query import LakeQuery
 from analytics_lake.redis_stream import DEFAULT_GROUP, DEFAULT_STREAM, LakeWriter
 from analytics_lake.spool_files import flush_spool_tree
@@ -51,11 +51,6 @@ def lake_errors(func: F) -> F:
 
 def _settings(config: str | None, **overrides: Any) -> Settings:
     return load_settings(config, overrides=overrides)
-
-
-def lake_config(settings: Settings) -> LakeConfig:
-    return LakeConfig(url=settings.lake_url, s3_endpoint=settings.s3_endpoint, s3_region=settings.s3_region,
-                      s3_access_key=settings.s3_access_key, s3_secret_key=settings.s3_secret_key)
 
 
 def _rows(table: pa.Table) -> list[dict]:

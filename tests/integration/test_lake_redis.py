@@ -62,8 +62,9 @@ async def test_a_dead_writers_entries_are_claimed_and_nothing_is_lost(redis_url,
     assert counts(config) == (500, 500)  # its file is in the lake ...
     assert await pending_count(redis_url) == 500  # ... but never acknowledged
 
-    writers = [LakeWriter(redis_url, config, consumer=f"w{n}", batch_rows=300, flush_interval_s=0.2,
-                          block_ms=50, claim_idle_ms=200) for n in (1, 2)]
+    # claim_idle_ms well above a batch's lifetime, as documented: else live writers steal from each other
+    writers = [LakeWriter(redis_url, config, consumer=f"w{n}", batch_rows=300, flush_interval_s=0.1,
+                          block_ms=50, claim_idle_ms=2000) for n in (1, 2)]
     tasks = [asyncio.create_task(w.run()) for w in writers]
     client = redis.Redis.from_url(redis_url)
     try:
