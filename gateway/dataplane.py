@@ -74,6 +74,7 @@ class Call:
     cost: int = 0
     ttft_ms: float | None = None
     upstream_ms: float = 0.0
+    t_upstream: float = 0.0  # perf_counter when the upstream request was sent
     reservation: Reservation | None = None
     user: str | None = None
     max_tokens: int = 0
@@ -374,7 +375,7 @@ class DataPlane:
     async def _stream(self, request: web.Request, call: Call, state: EndpointState, path: str, payload: bytes,
                       wants_usage: bool) -> web.StreamResponse:
         lease = acquire(state)
-        t_up = time.perf_counter()
+        t_up = call.t_upstream = time.perf_counter()
         resp: aiohttp.ClientResponse | None = None
         relay = SseRelay(client_wants_usage=wants_usage)
         out: web.StreamResponse | None = None
@@ -455,7 +456,10 @@ class DataPlane:
                 cost_micros=call.cost if billed else 0,
                 tokens=(call.prompt_tokens + call.completion_tokens) if billed else 0,
             ))
-        latency_ms = (time.perf_counter() - call.t0) * 1000.0
+        now = time.perf_counter()
+        latency_ms = (now - call.t0) * 1000.0
+        if call.t_upstream and not call.upstream_ms:
+            call.upstream_ms = (now - call.t_upstream) * 1000.0
         route, state, info = call.served, call.state, call.info
         model_label = call.model or ""
         m = self.metrics

@@ -25,9 +25,10 @@ from redis.exceptions import (
     RedisError,
     ResponseError,
 )
-# redis-py's, so RedisLimiter's outage handling applies unchanged
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import ConnectionError as RedisConnectionError  # redis-py's own, so RedisLimiter's
+from redis.exceptions import TimeoutError as RedisTimeoutError  # outage handling applies unchanged
+
+from gateway.errors import InvalidRequest
 
 # Error-reply prefixes that redis-py maps to its own subclasses (the prefix is stripped, as there).
 _ERRORS: dict[bytes, type[RedisError]] = {
@@ -111,27 +112,16 @@ def encode_command(args: tuple[Any, ...]) -> bytes:
 def _encode_bytes(args: tuple[Any, ...]) -> bytes:
     out = [b"*%d\r\n" % len(args)]
     for arg in args:
-        kind = type(arg)
-        if kind is str:
-            data = arg.encode()
-        elif kind is bytes:
-            data = arg
-        elif kind is int:
-            data = b"%d" % arg
-        elif kind is float:
-            data = repr(arg).encode()
-        elif isinstance(arg, bool) or arg is None:
-            raise DataError(f"Invalid input of type {kind.__name__!r}: convert to bytes, str, int or float first")
-        elif isinstance(arg, (bytes, bytearray, memoryview)):
+        if isinstance(arg, (bytes, bytearray, memoryview)):
             data = bytes(arg)
         elif isinstance(arg, str):
-            data = str(arg).encode()
-        elif isinstance(arg, int):
-            data = b"%d" % int(arg)
+            data = arg.encode()
+        elif isinstance(arg, int) and not isinstance(arg, bool):
+            data = b"%d" % arg
         elif isinstance(arg, float):
             data = repr(float(arg)).encode()
-        else:
-            raise DataError(f"Invalid input of type {kind.__name__!r}: convert to bytes, str, int or float first")
+        else:  # None and bool are refused, as redis-py does: they have no obvious encoding
+            raise DataError(f"Invalid input of type {type(arg).__name__!r}: convert to bytes, str, int or float first")
         out.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(out)
 
@@ -267,8 +257,8 @@ class FastRedis:
         timeout_s: float = 0.25,
         connect_timeout_s: float = 0.25,
     ) -> None:
-        if timeout_s <= 0 or connect_timeout_s <= 0:
-            raise ValueError("timeout_s and connect_timeout_s must be positive")
+        if not timeout_s > 0 or not connect_timeout_s > 0:
+            raise InvalidRequest("timeout_s and connect_timeout_s must be positive")
         self._host, self._port, self._path = host, port, path
         self._db, self._username, self._password = db, username, password
         self._ssl = ssl_context
@@ -284,8 +274,11 @@ class FastRedis:
         """`redis://[[user]:password@]host[:port][/db]`, `rediss://…` (TLS) or `unix:///path?db=N`."""
         scheme = urlsplit(url).scheme
         if scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("Redis URL must start with redis://, rediss:// or unix://")
-        options = parse_url(url)
+            raise InvalidRequest("redis URL is invalid: expected redis://, rediss:// or unix://")
+        try:
+            options = parse_url(url)
+        except ValueError as e:  # redis-py's messages name the bad part, never the password
+            raise InvalidRequest(f"redis URL is invalid: {e}") from e
         return cls(
             host=options.get("host") or "127.0.0.1",
             port=int(options.get("port") or 6379),
@@ -305,7 +298,13 @@ class FastRedis:
         await self.aclose()
 
     async def execute(self, *args: Any) -> Any:
-        """Send one command (e.g. `execute("SET", "k", 1)`) and return its raw reply."""
+        """Send one command (e.g. `execute("SET", "k", 1)`) and return its raw reply.
+
+        Not for commands that answer more than once (SUBSCRIBE, MONITOR) or block (BLPOP): the
+        one reply per command rule and `timeout_s` would drop the connection.
+        """
+        if not args:
+            raise DataError("execute() needs a command")  # Redis answers nothing to an empty one
         conn = self._conn
         if conn is None or conn.closed:
             conn = await self._connected()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.admin import audit, budgets, orgs, registry
+from gateway.admin import audit, budgets, orgs, registry, usage
 
 
 def setup_admin(app: web.Application) -> None:
-    for module in (orgs, registry, budgets, audit):
+    for module in (orgs, registry, budgets, audit, usage):
         module.setup(app)

@@ -1,0 +1,75 @@
+"""Admin API: canned usage reports from the lake (`/admin/v1/usage/{spend,latency,errors}`).
+
+An admin token sees every org (optionally filtered with `org`); an API key sees only its
+own org's rows, whatever it asks for. DuckDB runs in a worker thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from aiohttp import web
+
+from analytics_lake.errors import LakeError, LakeInputError
+from gateway import appkeys
+from gateway.admin.common import reply, require_admin
+from gateway.errors import FleetgateError, InvalidRequest, NotFound
+from gateway.usage import lake_config
+
+REPORTS = ("spend", "latency", "errors")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return value
+
+
+def _run_report(settings, kind: str, by: str, since: str | None, org: str | None) -> list[dict[str, Any]]:
+    from analytics_lake.query import LakeQuery
+
+    with LakeQuery(lake_config(settings), org=org) as lake:
+        table = getattr(lake, kind)(by=by, since=since, org=org)
+    return [{k: _jsonable(v) for k, v in row.items()} for row in table.to_pylist()]
+
+
+async def _scope(request: web.Request) -> str | None:
+    """None for the admin (all orgs), else the org id of the API key presented."""
+    header = request.headers.get("Authorization", "")
+    if header.partition(" ")[2].strip().startswith("sk-"):
+        info = await request.app[appkeys.AUTH].authenticate(header)
+        return info.org.id
+    require_admin(request)
+    return None
+
+
+async def report(request: web.Request) -> web.Response:
+    """A usage report: spend, latency or errors, grouped with ?by=, since ?since=, for ?org=."""
+    kind = request.match_info["kind"]
+    if kind not in REPORTS:
+        raise NotFound(f"unknown report {kind!r}: expected one of {', '.join(REPORTS)}")
+    scoped_org = await _scope(request)
+    default_by = {"spend": "org", "latency": "model", "errors": "model"}[kind]
+    by = request.query.get("by", default_by)
+    since = request.query.get("since")
+    org = request.query.get("org")
+    if scoped_org is not None:
+        org = scoped_org  # a key only ever sees its own org
+    elif org:
+        org = (await request.app[appkeys.STORE].get_org(org)).id
+    try:
+        rows = await asyncio.to_thread(_run_report, request.app[appkeys.SETTINGS], kind, by, since, org)
+    except LakeInputError as e:
+        raise InvalidRequest(str(e)) from e
+    except LakeError as e:
+        raise FleetgateError(f"the usage lake could not answer: {e}") from e
+    return reply(rows)
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/admin/v1/usage/{kind}", report)
