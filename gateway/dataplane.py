@@ -448,7 +448,7 @@ class DataPlane:
         if call.status == 0 or call.done:
             return
         call.done = True
-        if call.reservation is not None:
+        if call.reservation is not None and call.reservation.needs_settle:
             reservation, call.reservation = call.reservation, None
             billed = call.status < 400 or call.completion_tokens > 0
             self._spawn(self.limiter.settle(
@@ -490,7 +490,6 @@ class DataPlane:
         }
         try:
             await self.sink.emit(event)
-            m.child(m.usage_events, "ok").inc()
         except Exception:  # noqa: BLE001 - a sink failure must be visible, never fail a served request
             m.child(m.usage_events, "error").inc()
             log.exception("usage event %s could not be recorded", call.request_id)

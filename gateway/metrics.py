@@ -45,7 +45,7 @@ class Metrics:
                                ["reason"], registry=r)
         self.soft_limit = Counter("fleetgate_budget_soft_limit", "Requests over a budget's soft limit.",
                                   ["org"], registry=r)
-        self.usage_events = Counter("fleetgate_usage_events", "Usage events handed to the sink.",
+        self.usage_events = Counter("fleetgate_usage_events", "Usage events the sink refused (lost rows).",
                                     ["result"], registry=r)
         gauge_kw: dict[str, Any] = {"multiprocess_mode": "max"} if self.multiprocess else {}
         self.redis_degraded = Gauge("fleetgate_redis_degraded", "1 while Redis is unreachable.",
