@@ -27,6 +27,7 @@ from gateway.errors import (
     ServiceUnavailable,
     UpstreamError,
     UpstreamTimeout,
+    json_object,
 )
 from gateway.health import PassiveHealth
 from gateway.limits.base import BudgetRule, Limiter, LimitPolicy, Reservation
@@ -147,14 +148,7 @@ class DataPlane:
 
     @staticmethod
     def parse_body(raw: bytes, kind: str) -> dict:
-        if not raw:
-            raise InvalidRequest("Request body is empty: expected a JSON object.")
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as e:
-            raise InvalidRequest(f"Request body is not valid JSON: {e}") from e
-        if not isinstance(body, dict):
-            raise InvalidRequest("Request body must be a JSON object.")
+        body = json_object(raw)
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise InvalidRequest("'model' is required and must be a string.", param="model")

@@ -6,6 +6,10 @@ middleware can render it as OpenAI-shaped JSON and the CLI can print it in one l
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
+
 
 class FleetgateError(Exception):
     """Base error: `status` is the HTTP status, `type`/`code` follow OpenAI's error shape."""
@@ -110,3 +114,16 @@ class UpstreamTimeout(FleetgateError):
     status = 504
     type = "server_error"
     code = "upstream_timeout"
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """Parse a request body that must be a JSON object, or raise InvalidRequest saying why."""
+    if not raw:
+        raise InvalidRequest("Request body is empty: expected a JSON object.")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise InvalidRequest(f"Request body is not valid JSON: {e}") from e
+    if not isinstance(body, dict):
+        raise InvalidRequest("Request body must be a JSON object.")
+    return body

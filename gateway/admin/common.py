@@ -9,7 +9,7 @@ import orjson
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.errors import AuthenticationFailed, InvalidRequest
+from gateway.errors import AuthenticationFailed, InvalidRequest, json_object
 from gateway.keys import tokens_equal
 
 _MISSING = object()
@@ -32,16 +32,7 @@ def reply(data: Any, status: int = 200) -> web.Response:
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw:
-        raise InvalidRequest("Request body is empty: expected a JSON object.")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        raise InvalidRequest(f"Request body is not valid JSON: {e}") from e
-    if not isinstance(body, dict):
-        raise InvalidRequest("Request body must be a JSON object.")
-    return body
+    return json_object(await request.read())
 
 
 def field(

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import subprocess
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -28,12 +31,6 @@ pytestmark = pytest.mark.redis
 PASSWORD = "s3cret-pw"
 
 
-@pytest.fixture(scope="module", params=["asyncio", "uvloop"])
-def event_loop_policy(request):
-    """Every test on both loops: the gateway runs uvloop, whose transports differ in details."""
-    return uvloop.EventLoopPolicy() if request.param == "uvloop" else asyncio.DefaultEventLoopPolicy()
-
-
 @pytest.fixture
 async def fast(redis_url):
     client = FastRedis.from_url(redis_url, timeout_s=2.0)
@@ -41,9 +38,9 @@ async def fast(redis_url):
     await client.aclose()
 
 
-@pytest.fixture
-async def silent_server():
-    """A TCP server that accepts connections and never answers; yields (port, accepted count)."""
+@asynccontextmanager
+async def _silent_server() -> AsyncIterator[tuple[int, list[asyncio.StreamWriter]]]:
+    """A TCP server that accepts connections and never answers: (port, accepted connections)."""
     accepted: list[asyncio.StreamWriter] = []
 
     async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -51,11 +48,19 @@ async def silent_server():
         await reader.read()  # until the client goes away
 
     server = await asyncio.start_server(hold, "127.0.0.1", 0)
-    yield server.sockets[0].getsockname()[1], accepted
-    for writer in accepted:
-        writer.close()
-    server.close()
-    await server.wait_closed()
+    try:
+        yield server.sockets[0].getsockname()[1], accepted
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.fixture
+async def silent_server():
+    async with _silent_server() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -340,3 +345,24 @@ async def test_wrong_password_is_authentication_error_without_the_secret(passwor
         with pytest.raises(ConnectionError) as conn_info:
             await client.ping()
         assert PASSWORD not in str(conn_info.value)
+
+
+# --- the same behaviour on uvloop (what the gateway runs) --------------------------------------
+
+@pytest.mark.parametrize(
+    "scenario",
+    [test_every_reply_type, test_non_ascii_and_large_values_round_trip,
+     test_thousand_concurrent_commands_get_their_own_replies, test_cancelled_caller_reply_is_consumed_and_dropped,
+     test_many_cancellations_keep_fifo_integrity, test_stopped_server_fails_fast_then_recovers,
+     test_refused_connection_is_connection_error, test_silent_server_times_out_every_pending_command_and_reconnects,
+     test_paused_redis_times_out_then_a_new_connection_serves, test_aclose_fails_pending_and_later_calls],
+    ids=lambda scenario: scenario.__name__.removeprefix("test_"),
+)
+def test_on_uvloop(scenario, redis_server, redis_url):
+    async def run() -> None:
+        async with FastRedis.from_url(redis_url, timeout_s=2.0) as fast, _silent_server() as silent:
+            available = {"fast": fast, "redis_url": redis_url, "redis_server": redis_server, "silent_server": silent}
+            await scenario(**{name: available[name] for name in inspect.signature(scenario).parameters})
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(run())
