@@ -32,7 +32,7 @@ from gateway.routing import EndpointState
 from gateway.settings import Settings
 from gateway.store import open_store
 from gateway.store.base import Store
-from gateway.usage import build_sink
+from gateway.usage import build_sink, lake_writer
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,12 @@ def _health_writer(store: Store):  # noqa: ANN202 - returns the prober callback
                                              last_checked_at=result.checked_at)
 
     return on_result
+
+
+async def _stop_writer(writer, task: asyncio.Task) -> None:  # noqa: ANN001 - LakeWriter
+    """Let the in-gateway lake writer write and acknowledge what it holds, then end."""
+    writer.stop()
+    await task
 
 
 async def _cancel(task: asyncio.Task) -> None:
@@ -160,6 +166,9 @@ def create_app(
             if usage_sink is not None:
                 await usage_sink.start()
                 stack.push_async_callback(usage_sink.close)
+            writer = lake_writer(settings, worker_id)
+            if writer is not None:
+                stack.push_async_callback(_stop_writer, writer, asyncio.create_task(writer.run()))
             dataplane = DataPlane(settings, auth=auth, registry=registry, limiter=limiter, sink=usage_sink,
                                   metrics=metrics, store=the_store)
             app[appkeys.DATAPLANE] = dataplane

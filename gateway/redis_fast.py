@@ -44,10 +44,10 @@ _ERRORS: dict[bytes, type[RedisError]] = {
 
 
 class _Incomplete(Exception):
-    """The buffer ends inside a reply: wait for more bytes."""
+    """The buffer ends inside a reply; `end` is the least buffer length that could complete it."""
 
-
-_INCOMPLETE = _Incomplete()
+    def __init__(self, end: int) -> None:
+        self.end = end
 
 
 def _error(line: bytes) -> RedisError:
@@ -62,7 +62,7 @@ def _parse(buf: bytes, pos: int) -> tuple[Any, int]:
     """One RESP2 reply starting at `pos`: (value, position after it). Raises _Incomplete."""
     end = buf.find(b"\r\n", pos)
     if end < 0:
-        raise _INCOMPLETE
+        raise _Incomplete(len(buf) + 1)
     kind = buf[pos]
     if kind == 36:  # $ bulk string
         size = int(buf[pos + 1:end])
@@ -70,7 +70,7 @@ def _parse(buf: bytes, pos: int) -> tuple[Any, int]:
             return None, end + 2
         stop = end + 2 + size
         if stop + 2 > len(buf):
-            raise _INCOMPLETE
+            raise _Incomplete(stop + 2)
         return buf[end + 2:stop], stop + 2
     if kind == 58:  # : integer
         return int(buf[pos + 1:end]), end + 2
@@ -141,7 +141,8 @@ class _Connection(asyncio.Protocol):
         self._waiters: deque[tuple[asyncio.Future[Any], float]] = deque()
         self._out: list[bytes] = []
         self._flush_scheduled = False
-        self._rest = b""
+        self._partial = bytearray()  # the start of a reply that has not fully arrived
+        self._partial_needs = 0  # bytes it needs at least before parsing is worth another try
         self._watchdog: asyncio.TimerHandle | None = None
         self.closed = False
 
@@ -152,16 +153,19 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = f": {exc}" if exc else ""
-        self._fail(RedisConnectionError(f"Connection to Redis at {self._where} lost{reason}"))
+        self.fail(RedisConnectionError(f"Connection to Redis at {self._where} lost{reason}"))
 
     def eof_received(self) -> bool | None:
-        self._fail(RedisConnectionError(f"Redis at {self._where} closed the connection"))
+        self.fail(RedisConnectionError(f"Redis at {self._where} closed the connection"))
         return None
 
     def data_received(self, data: bytes) -> None:
-        if self._rest:
-            data = self._rest + data
-            self._rest = b""
+        if self._partial:
+            self._partial += data
+            if len(self._partial) < self._partial_needs:
+                return  # a large reply still arriving: do not parse it again and again
+            data = bytes(self._partial)
+            self._partial.clear()
         pos, size, waiters = 0, len(data), self._waiters
         try:
             while pos < size:
@@ -173,29 +177,31 @@ class _Connection(asyncio.Protocol):
                     future.set_exception(reply)
                 else:
                     future.set_result(reply)
-        except _Incomplete:
-            self._rest = data[pos:]
+        except _Incomplete as e:
+            self._partial += memoryview(data)[pos:]
+            self._partial_needs = e.end - pos
         except (InvalidResponse, ValueError, IndexError) as e:  # garbage or an unsolicited reply
-            self._fail(InvalidResponse(f"Protocol error from Redis at {self._where}: {e}"))
+            self.fail(InvalidResponse(f"Protocol error from Redis at {self._where}: {e}"))
 
     # --- calls -----------------------------------------------------------------------------
 
     def send(self, command: bytes) -> asyncio.Future[Any]:
         """Queue one encoded command; the future gets its reply (or the connection's failure)."""
-        future = self._loop.create_future()
-        waiters = self._waiters
+        loop, waiters = self._loop, self._waiters
+        future = loop.create_future()
+        deadline = loop.time() + self._timeout_s
         if not waiters:
             # Nothing in flight (the sequential case): write now. Otherwise coalesce this tick's
-            # commands into one write, one syscall for many callers.
+            # commands into one write, one syscall for many callers (half the CPU at 16 callers).
             self._transport.write(command)  # type: ignore[union-attr]
             if self._watchdog is None:
-                self._watchdog = self._loop.call_at(self._loop.time() + self._timeout_s, self._check)
+                self._watchdog = loop.call_at(deadline, self._check)
         else:
             self._out.append(command)
             if not self._flush_scheduled:
                 self._flush_scheduled = True
-                self._loop.call_soon(self._flush)
-        waiters.append((future, self._loop.time() + self._timeout_s))
+                loop.call_soon(self._flush)
+        waiters.append((future, deadline))
         return future
 
     def _flush(self) -> None:
@@ -210,11 +216,11 @@ class _Connection(asyncio.Protocol):
             return
         now, deadline = self._loop.time(), self._waiters[0][1]
         if now >= deadline:
-            self._fail(RedisTimeoutError(f"Timeout reading from Redis at {self._where} ({self._timeout_s:g} s)"))
+            self.fail(RedisTimeoutError(f"Timeout reading from Redis at {self._where} ({self._timeout_s:g} s)"))
         else:
             self._watchdog = self._loop.call_at(deadline, self._check)
 
-    def _fail(self, error: Exception) -> None:
+    def fail(self, error: Exception) -> None:
         """Fail every pending command with `error` and drop the connection (callers reconnect)."""
         self.closed = True
         if self._watchdog is not None:
@@ -227,9 +233,6 @@ class _Connection(asyncio.Protocol):
                 future.set_exception(type(error)(*error.args))
         if self._transport is not None:
             self._transport.abort()
-
-    def close(self, error: Exception) -> None:
-        self._fail(error)
 
 
 class FastRedis:
@@ -330,7 +333,7 @@ class FastRedis:
             await asyncio.gather(self._connecting, return_exceptions=True)
         conn, self._conn = self._conn, None
         if conn is not None:
-            conn.close(RedisConnectionError("Redis client closed"))
+            conn.fail(RedisConnectionError("Redis client closed"))
 
     # --- connecting ------------------------------------------------------------------------
 
@@ -369,7 +372,7 @@ class FastRedis:
                 if self._db:
                     await conn.send(encode_command(("SELECT", self._db)))
         except BaseException as e:  # close the half-made connection whatever happened, then re-raise
-            conn.close(RedisConnectionError(f"Connecting to Redis at {self._where} failed"))
+            conn.fail(RedisConnectionError(f"Connecting to Redis at {self._where} failed"))
             if isinstance(e, TimeoutError):  # asyncio.timeout's (the builtin), before OSError: it is one
                 raise RedisTimeoutError(
                     f"Timeout connecting to Redis at {self._where} ({self._connect_timeout_s:g} s)") from e

@@ -55,6 +55,7 @@ class Settings:
     eject_cooldown_s: float = 10.0
     registry_ttl_s: int = 120
     usage_sink: str = "spool"
+    lake_writer_in_gateway: bool = False  # with usage_sink=redis-stream: each worker also writes Parquet
     spool_fsync_ms: int = 200
     spool_segment_bytes: int = 64 * 1024 * 1024
     lake_flush_s: float = 10.0
@@ -120,6 +121,14 @@ def _coerce(name: str, raw: Any, annotation: str) -> Any:
             if isinstance(raw, bool):
                 raise ValueError
             return float(raw)
+        if annotation == "bool":
+            if isinstance(raw, bool):
+                return raw
+            if str(raw).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(raw).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
         if annotation == "Path":
             return Path(str(raw))
         if annotation.startswith("str"):

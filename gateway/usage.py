@@ -14,6 +14,20 @@ def lake_config(settings: Settings) -> LakeConfig:
                       s3_access_key=settings.s3_access_key, s3_secret_key=settings.s3_secret_key)
 
 
+def usage_stream(settings: Settings) -> str:
+    return f"{settings.redis_prefix}:usage"
+
+
+def lake_writer(settings: Settings, consumer: str):  # noqa: ANN201 - a LakeWriter, or None
+    """The stream → Parquet writer a gateway worker runs itself, when configured to."""
+    if settings.usage_sink != "redis-stream" or not settings.lake_writer_in_gateway or not settings.redis_url:
+        return None
+    from analytics_lake.redis_stream import LakeWriter
+
+    return LakeWriter(settings.redis_url, lake_config(settings), stream=usage_stream(settings), consumer=consumer,
+                      flush_interval_s=settings.lake_flush_s, batch_rows=settings.lake_flush_rows)
+
+
 def spool_dir(settings: Settings, writer_id: str) -> Path:
     return Path(settings.state_dir) / "spool" / writer_id
 
@@ -29,7 +43,7 @@ def build_sink(settings: Settings, writer_id: str):  # noqa: ANN201 - a UsageSin
             from gateway.errors import ConfigError
 
             raise ConfigError("setting usage_sink='redis-stream' needs redis_url")
-        return RedisStreamSink(settings.redis_url, stream=f"{settings.redis_prefix}:usage")
+        return RedisStreamSink(settings.redis_url, stream=usage_stream(settings))
     from analytics_lake.spool import SpoolSink
 
     return SpoolSink(spool_dir(settings, writer_id), lake_config(settings), writer_id,

@@ -17,6 +17,7 @@ from redis.exceptions import (
     AuthenticationError,
     ConnectionError,  # noqa: A004 - redis-py's, what FastRedis must raise
     DataError,
+    InvalidResponse,
     NoScriptError,
     ResponseError,
     TimeoutError,  # noqa: A004
@@ -50,6 +51,29 @@ async def _silent_server() -> AsyncIterator[tuple[int, list[asyncio.StreamWriter
     server = await asyncio.start_server(hold, "127.0.0.1", 0)
     try:
         yield server.sockets[0].getsockname()[1], accepted
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+@asynccontextmanager
+async def _scripted_server(replies: list[bytes]) -> AsyncIterator[list[asyncio.StreamWriter]]:
+    """Answers each read with the next reply, one byte per write: replies arrive in fragments."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        while replies and await reader.read(65536):
+            for i in range(len(reply := replies.pop(0))):
+                writer.write(reply[i:i + 1])
+                await writer.drain()
+                await asyncio.sleep(0)
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield accepted, server.sockets[0].getsockname()[1]
     finally:
         for writer in accepted:
             writer.close()
@@ -160,6 +184,24 @@ async def test_empty_command_is_refused(fast):
 def test_bad_settings_are_refused(url, kwargs):
     with pytest.raises(InvalidRequest):
         FastRedis.from_url(url, **kwargs)
+
+
+async def test_replies_arriving_in_fragments_are_parsed():
+    replies = [b"*4\r\n$5\r\nhel\r\n\r\n*2\r\n:-1\r\n$-1\r\n+OK\r\n*-1\r\n", b"-ERR bad\r\n", b":12345\r\n"]
+    async with _scripted_server(replies) as (_, port), FastRedis.from_url(f"redis://127.0.0.1:{port}/0") as client:
+        assert await client.execute("ANY") == [b"hel\r\n", [-1, None], b"OK", None]
+        with pytest.raises(ResponseError, match="ERR bad"):
+            await client.execute("ANY")
+        assert await client.execute("ANY") == 12345
+
+
+async def test_garbage_from_the_server_drops_the_connection():
+    async with _scripted_server([b"?what\r\n", b"+PONG\r\n"]) as (accepted, port):
+        async with FastRedis.from_url(f"redis://127.0.0.1:{port}/0") as client:
+            with pytest.raises(InvalidResponse, match="Protocol error"):
+                await client.execute("PING")
+            assert await client.ping()  # on a new connection
+            assert len(accepted) == 2
 
 
 # --- pipelining and cancellation -------------------------------------------------------------

@@ -103,3 +103,19 @@ async def test_usage_reports_are_scoped_to_the_callers_org(tmp_path):
         assert (await gw.admin.get("/admin/v1/usage/spend", params={"org": "nope"})).status_code == 404
         async with aiohttp.ClientSession() as s, s.get(gw.url + "/admin/v1/usage/spend") as r:
             assert r.status == 401
+
+
+async def test_redis_stream_sink_with_the_writer_inside_the_gateway(tmp_path, redis_url):
+    settings = gateway_settings(tmp_path, usage_sink="redis-stream", redis_url=redis_url,
+                                lake_writer_in_gateway=True, lake_flush_s=0.2)
+    async with sim_pod("m") as pod:
+        async with running_gateway(settings) as gw:
+            org = await gw.create_org()
+            await gw.register("m", pod, input_price=IN_PRICE, output_price=OUT_PRICE)
+            key = (await gw.create_key())["key"]
+            sent = await _traffic(gw, key)
+        # the app is closed: the writer wrote and acknowledged its last batch
+        with LakeQuery(lake_config(settings)) as lake:
+            rows = lake.sql("select request_id, org_id from usage").to_pylist()
+    assert sorted(r["request_id"] for r in rows) == sorted(sent)
+    assert {r["org_id"] for r in rows} == {org["id"]}
