@@ -42,5 +42,9 @@ async def test_two_workers_share_a_port(gateway_factory, redis_url):
         assert _total_requests(gw.url) >= 400
         gw.stop(signal.SIGTERM)
         assert gw.proc.returncode == 0
-        assert not any(psutil.pid_exists(p.pid) and p.status() != psutil.STATUS_ZOMBIE for p in workers)
+
+        def all_gone() -> bool:
+            return not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in workers)
+
+        wait_for(all_gone, timeout=10, what="worker processes to exit")
         assert os.environ.get("PROMETHEUS_MULTIPROC_DIR") is None
