@@ -9,9 +9,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 
-from gateway.errors import InvalidRequest, NotFound
+from gateway.errors import InvalidRequest, NotFound, json_object
 from opsctl.sim.config import SimConfig
 from opsctl.sim.tokens import chat_prompt_tokens, plan_completion, prompt_tokens
 
@@ -37,18 +36,8 @@ class EmbeddingJob:
 
 
 def read_body(raw: bytes) -> dict[str, Any]:
-    """Parse a JSON object body.
-
-    Raises:
-        InvalidRequest: not JSON, or not a JSON object.
-    """
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        raise InvalidRequest(f"request body is not valid JSON: {e.msg}") from e
-    if not isinstance(body, dict):
-        raise InvalidRequest("request body must be a JSON object")
-    return body
+    """Parse a JSON object body (InvalidRequest if it is not one)."""
+    return json_object(raw)
 
 
 def check_model(body: Mapping[str, Any], config: SimConfig) -> None:
