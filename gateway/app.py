@@ -26,6 +26,7 @@ from gateway.limits.base import Limiter
 from gateway.metrics import LimiterMetrics, Metrics
 from gateway.middleware import errors_and_request_id
 from gateway.openapi import openapi
+from gateway.redis_fast import FastRedis
 from gateway.redis_keys import RedisKeys
 from gateway.registry import STORE_ERRORS, Registry
 from gateway.routing import EndpointState
@@ -37,7 +38,8 @@ from gateway.usage import build_sink, lake_writer
 log = logging.getLogger(__name__)
 
 
-def build_limiter(settings: Settings, redis: aioredis.Redis | None, metrics: Metrics) -> Limiter:
+def build_limiter(settings: Settings, redis: FastRedis | None, metrics: Metrics) -> Limiter:
+    """RedisLimiter over the lean pipelined client (two calls per request), or LocalLimiter."""
     hooks = LimiterMetrics(metrics)
     local = LocalLimiter(lease_s=settings.reservation_lease_s, prefix=settings.redis_prefix, hooks=hooks)
     if redis is None:
@@ -160,7 +162,11 @@ def create_app(
             app[appkeys.AUTH] = auth
             bus.subscribe(registry.on_change)
             bus.subscribe(auth.on_change)
-            limiter = build_limiter(settings, redis, metrics)
+            fast = None
+            if settings.redis_url:
+                fast = FastRedis.from_url(settings.redis_url, timeout_s=timeout, connect_timeout_s=timeout)
+                stack.push_async_callback(fast.aclose)
+            limiter = build_limiter(settings, fast, metrics)
             stack.push_async_callback(limiter.close)
             usage_sink = sink if sink is not None else build_sink(settings, worker_id)
             if usage_sink is not None:

@@ -229,7 +229,7 @@ class _Connection(asyncio.Protocol):
         self._out.clear()
         waiters, self._waiters = self._waiters, deque()
         for future, _ in waiters:
-            if not future.done():  # one instance each: a shared one would collect every traceback
+            if not future.done():  # one instance each: raising it sets __traceback__/__context__
                 future.set_exception(type(error)(*error.args))
         if self._transport is not None:
             self._transport.abort()
@@ -246,6 +246,8 @@ class FastRedis:
     AuthenticationError for WRONGPASS/NOAUTH), ConnectionError when Redis is unreachable or the
     connection drops, TimeoutError when Redis does not answer within `timeout_s`.
     """
+
+    bounds_each_call = True  # RedisLimiter skips its own timeout scope for such clients
 
     def __init__(
         self,
@@ -303,8 +305,8 @@ class FastRedis:
     async def execute(self, *args: Any) -> Any:
         """Send one command (e.g. `execute("SET", "k", 1)`) and return its raw reply.
 
-        Not for commands that answer more than once (SUBSCRIBE, MONITOR) or block (BLPOP): the
-        one reply per command rule and `timeout_s` would drop the connection.
+        Not for commands that answer more than once (SUBSCRIBE, MONITOR) or block longer than
+        `timeout_s` (BLPOP 0): the connection would be dropped as stuck.
         """
         if not args:
             raise DataError("execute() needs a command")  # Redis answers nothing to an empty one
@@ -314,6 +316,7 @@ class FastRedis:
         return await conn.send(encode_command(args))
 
     async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
+        """EVALSHA; NoScriptError when Redis does not have the script (load it, then retry)."""
         conn = self._conn
         if conn is None or conn.closed:
             conn = await self._connected()

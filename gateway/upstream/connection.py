@@ -30,9 +30,9 @@ class UpstreamResponse:
     """
 
     __slots__ = ("status", "_conn", "_raw", "_headers", "_chunks", "_size", "_started", "_headers_done",
-                 "_complete", "_keep_alive", "_interim", "_error", "_waiter", "_timer", "_last")
+                 "_complete", "_keep_alive", "_interim", "_error", "_waiter", "_last")
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, now: float) -> None:
         self.status = 0
         self._conn: Connection | None = conn
         self._raw: list[tuple[bytes, bytes]] = []
@@ -45,9 +45,8 @@ class UpstreamResponse:
         self._keep_alive = False
         self._interim = False  # parsing a 1xx response, which precedes the real one
         self._error: UpstreamError | UpstreamTimeout | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._last = 0.0  # loop time of the last byte from the pod
+        self._waiter: asyncio.Future[None] | None = None  # set while the consumer waits; cleared by _wake
+        self._last = now  # loop time of the request or of the last byte from the pod
 
     @property
     def headers(self) -> CIMultiDictProxy[str]:
@@ -86,7 +85,9 @@ class UpstreamResponse:
         conn = self._conn
         if conn is None:
             return
-        self._detach()
+        self._conn = conn.resp = None
+        if self._waiter is not None:
+            self._wake()
         if self._complete and self._keep_alive and self._error is None:
             conn.pool.put_idle(conn)
         else:
@@ -96,7 +97,8 @@ class UpstreamResponse:
         """Abort: close the connection, so the pod sees the disconnect and stops generating."""
         conn = self._conn
         if conn is not None:
-            self._detach()
+            self._conn = conn.resp = None
+            self._wake()
             conn.abort()
 
     async def __aenter__(self) -> Self:
@@ -106,15 +108,6 @@ class UpstreamResponse:
         self.release()
 
     # --- internals --------------------------------------------------------
-    def _detach(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.resp = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._wake()
-
     def _check(self) -> None:
         if self._error is not None:
             raise self._error
@@ -127,23 +120,19 @@ class UpstreamResponse:
         if conn.paused:
             conn.resume()
         waiter = self._waiter = conn.loop.create_future()
-        try:
-            await waiter
-        finally:
-            self._waiter = None
+        await waiter
 
     def _wake(self) -> None:
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():  # done: the waiting task was cancelled
+                waiter.set_result(None)
 
     def _fail(self, error: UpstreamError | UpstreamTimeout, cause: BaseException | None = None) -> None:
         if self._error is None and not self._complete:
             error.__cause__ = cause
             self._error = error
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
             self._wake()
 
     def _take(self) -> bytes:
@@ -154,22 +143,6 @@ class UpstreamResponse:
         if conn is not None and conn.paused:
             conn.resume()
         return data
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        conn = self._conn
-        if conn is None or self._complete or self._error is not None:
-            return
-        now = conn.loop.time()
-        due = self._last + conn.pool.read_timeout_s
-        if conn.paused:  # the consumer is behind, not the pod
-            due = now + conn.pool.read_timeout_s
-        if now < due:
-            self._timer = conn.loop.call_at(due, self._on_timer)
-            return
-        self._fail(UpstreamTimeoutError(
-            f"The model endpoint sent nothing for {conn.pool.read_timeout_s:g} s."))
-        conn.abort()
 
     def _lost(self, exc: BaseException | None) -> None:
         if self._complete:
@@ -206,9 +179,14 @@ class _Chunks:
 
 
 class Connection(asyncio.Protocol):
-    """One keep-alive connection; feeds the current response through a reused httptools parser."""
+    """One keep-alive connection; feeds the current response through a reused httptools parser.
 
-    __slots__ = ("pool", "key", "loop", "transport", "parser", "resp", "closed", "paused", "idle", "idle_since")
+    The read timeout is one lazy timer per connection, not one per request: it is armed when a
+    request goes out and none is pending, and when it fires it re-arms from the last byte seen.
+    """
+
+    __slots__ = ("pool", "key", "loop", "transport", "parser", "resp", "closed", "paused", "idle", "idle_since",
+                 "timer")
 
     def __init__(self, pool: UpstreamPool, key: tuple[str, str, int], loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
@@ -221,13 +199,14 @@ class Connection(asyncio.Protocol):
         self.paused = False
         self.idle = False
         self.idle_since = 0.0
+        self.timer: asyncio.TimerHandle | None = None
 
     def send(self, data: bytes) -> UpstreamResponse:
-        resp = self.resp = UpstreamResponse(self)
-        resp._last = now = self.loop.time()
-        resp._timer = self.loop.call_at(now + self.pool.read_timeout_s, resp._on_timer)
-        assert self.transport is not None
-        self.transport.write(data)
+        now = self.loop.time()
+        resp = self.resp = UpstreamResponse(self, now)
+        if self.timer is None:
+            self.timer = self.loop.call_at(now + self.pool.read_timeout_s, self._on_timer)
+        self.transport.write(data)  # type: ignore[union-attr]  # set in connection_made
         return resp
 
     def abort(self) -> None:
@@ -246,6 +225,20 @@ class Connection(asyncio.Protocol):
             self.paused = False
             if not self.closed and self.transport is not None:
                 self.transport.resume_reading()
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        resp = self.resp
+        if resp is None or resp._complete or resp._error is not None or self.closed:
+            return  # idle again: the next request arms a new timer
+        now = self.loop.time()
+        timeout = self.pool.read_timeout_s
+        due = now + timeout if self.paused else resp._last + timeout  # paused: the consumer is behind
+        if now < due:
+            self.timer = self.loop.call_at(due, self._on_timer)
+            return
+        resp._fail(UpstreamTimeoutError(f"The model endpoint sent nothing for {timeout:g} s."))
+        self.abort()
 
     # --- asyncio.Protocol -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -269,11 +262,14 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         self.pool.forget(self)
         if self.resp is not None:
             self.resp._lost(exc)
 
-    # --- httptools callbacks ------------------------------------------------
+    # --- httptools callbacks (only while a response is current: data_received checks) -----------
     def on_message_begin(self) -> None:
         resp = self.resp
         if resp is not None and resp._complete:  # bytes after the response: never reuse this connection
@@ -281,7 +277,7 @@ class Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         resp = self.resp
-        if resp is not None:
+        if resp is not None and not resp._complete:
             resp._raw.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -296,7 +292,8 @@ class Connection(asyncio.Protocol):
         resp.status = status
         resp._keep_alive = self.parser.should_keep_alive()
         resp._headers_done = True
-        resp._wake()
+        if resp._waiter is not None:
+            resp._wake()
 
     def on_body(self, body: bytes) -> None:
         resp = self.resp
@@ -306,7 +303,8 @@ class Connection(asyncio.Protocol):
         resp._size += len(body)
         if resp._size > BUFFER_LIMIT:
             self.pause()
-        resp._wake()
+        if resp._waiter is not None:
+            resp._wake()
 
     def on_message_complete(self) -> None:
         resp = self.resp
@@ -316,10 +314,8 @@ class Connection(asyncio.Protocol):
             resp._interim = False
             return
         resp._complete = True
-        if resp._timer is not None:
-            resp._timer.cancel()
-            resp._timer = None
-        resp._wake()
+        if resp._waiter is not None:
+            resp._wake()
 
 
 async def headers_arrived(resp: UpstreamResponse) -> None:
@@ -327,7 +323,8 @@ async def headers_arrived(resp: UpstreamResponse) -> None:
     try:
         while not resp._headers_done:
             resp._check()
-            await resp._wait()
+            waiter = resp._waiter = resp._conn.loop.create_future()  # type: ignore[union-attr]  # checked
+            await waiter
     except BaseException:
         resp.close()
         raise

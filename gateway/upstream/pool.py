@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from gateway.upstream.connection import Connection, UpstreamResponse, headers_arrived
@@ -35,6 +35,7 @@ class _Target:
     ssl: ssl.SSLContext | None
     prefix: bytes
     head: bytes  # fixed request headers, each ending in CRLF
+    lines: dict[str, bytes] = field(default_factory=dict)  # path -> request line + fixed headers
 
 
 class UpstreamPool:
@@ -224,15 +225,21 @@ class UpstreamPool:
 
 
 def _encode(target: _Target, path: str, body: bytes, headers: Sequence[tuple[str, str]]) -> bytes:
-    if not path.startswith("/") or _unsafe(path) or " " in path:
-        raise ValueError("The upstream path must start with '/' and contain no spaces or line breaks.")
-    parts = [b"POST ", target.prefix, path.encode("ascii"), b" HTTP/1.1\r\n", target.head]
-    for name, value in headers:
-        if _unsafe(name) or _unsafe(value) or ":" in name:
-            raise ValueError(f"Header {name!r} has a line break, NUL or ':' in its name or value.")
-        parts.append(f"{name}: {value}\r\n".encode("latin-1"))
-    parts += (b"Content-Length: ", str(len(body)).encode(), b"\r\n\r\n", body)
-    return b"".join(parts)
+    line = target.lines.get(path)
+    if line is None:
+        if not path.startswith("/") or _unsafe(path) or " " in path:
+            raise ValueError("The upstream path must start with '/' and contain no spaces or line breaks.")
+        line = b"POST %s%s HTTP/1.1\r\n%s" % (target.prefix, path.encode("ascii"), target.head)
+        if len(target.lines) < _MAX_TARGETS:
+            target.lines[path] = line
+    extra = b""
+    if headers:
+        text = "".join([f"{name}: {value}\r\n" for name, value in headers])
+        if text.count("\n") != len(headers) or text.count("\r") != len(headers) or "\0" in text:
+            bad = next(name for name, value in headers if _unsafe(name) or _unsafe(value))
+            raise ValueError(f"Header {bad!r} has a line break or NUL in its name or value.")
+        extra = text.encode("latin-1")
+    return b"%s%sContent-Length: %d\r\n\r\n%s" % (line, extra, len(body), body)
 
 
 def _unsafe(text: str) -> bool:

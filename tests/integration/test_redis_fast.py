@@ -297,7 +297,7 @@ async def test_silent_server_times_out_every_pending_command_and_reconnects(sile
         results = await asyncio.gather(*(client.ping() for _ in range(5)), return_exceptions=True)
         elapsed = time.monotonic() - started
         assert all(isinstance(r, TimeoutError) for r in results), results
-        assert 0.09 <= elapsed < 0.3
+        assert 0.09 <= elapsed < 0.4
         with pytest.raises(TimeoutError):
             await client.execute("GET", "k")
         assert len(accepted) == 2  # the stuck connection was dropped; the next call reconnected
@@ -309,7 +309,7 @@ async def test_silent_server_during_handshake_is_bounded(silent_server):
         started = time.monotonic()
         with pytest.raises(TimeoutError):
             await client.ping()
-        assert time.monotonic() - started < 0.3
+        assert time.monotonic() - started < 0.4
 
 
 async def test_paused_redis_times_out_then_a_new_connection_serves(fast, redis_url):
