@@ -57,9 +57,9 @@ async def _timed(calls: int, concurrency: int, one: OneCall) -> tuple[float, flo
     return cpu / done * 1e6, done / wall
 
 
-async def _rounds(calls: int, concurrency: int, one: OneCall, rounds: int) -> dict[str, float]:
-    """Best and median of `rounds` runs: other processes on the host only ever add CPU time."""
-    cpu, rate = zip(*[await _timed(calls, concurrency, one) for _ in range(rounds)])
+def _summary(calls: int, runs: list[tuple[float, float]]) -> dict[str, float]:
+    """Best and median over rounds: other processes on the host only ever add CPU time."""
+    cpu, rate = zip(*runs)
     return {"n": calls, "cpu_us_min": round(min(cpu), 1), "cpu_us_median": round(statistics.median(cpu), 1),
             "per_s_max": round(max(rate)), "per_s_median": round(statistics.median(rate))}
 
@@ -173,11 +173,15 @@ async def run(url: str, requests: int, rounds: int) -> dict[str, dict[str, float
             for call in calls.values():
                 await _timed(500, 32, call)
         await _timed(200, 1, raw)
-        results["floor_unary_c1"] = await _rounds(requests, 1, raw, rounds)
+        plan: list[tuple[str, int, OneCall]] = [("floor_unary_c1", 1, raw)]
         for kind in ("unary", "stream"):
             for concurrency in (1, 32):
-                for name, calls in clients.items():
-                    results[f"{name}_{kind}_c{concurrency}"] = await _rounds(requests, concurrency, calls[kind], rounds)
+                plan += [(f"{name}_{kind}_c{concurrency}", concurrency, calls[kind]) for name, calls in clients.items()]
+        runs: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in plan}
+        for _ in range(rounds):  # interleaved, so a burst of load elsewhere hits every client alike
+            for name, concurrency, call in plan:
+                runs[name].append(await _timed(requests, concurrency, call))
+        results.update({name: _summary(requests, runs[name]) for name, _, _ in plan})
     finally:
         raw_transport.close()
         await pool.close()

@@ -71,5 +71,16 @@ async def report(request: web.Request) -> web.Response:
     return reply(rows)
 
 
+async def flush(request: web.Request) -> web.Response:
+    """Write this process's spooled usage events to the lake now."""
+    require_admin(request)
+    sink = request.app[appkeys.DATAPLANE].sink
+    if sink is None:
+        return reply({"flushed": False, "reason": "usage_sink is none"})
+    await sink.flush()
+    return reply({"flushed": True})
+
+
 def setup(app: web.Application) -> None:
+    app.router.add_post("/admin/v1/usage/flush", flush)
     app.router.add_get("/admin/v1/usage/{kind}", report)

@@ -26,7 +26,18 @@ from analytics_lake.query import LakeQuery
 from analytics_lake.redis_stream import DEFAULT_GROUP, DEFAULT_STREAM, LakeWriter
 from analytics_lake.spool_files import flush_spool_tree
 from gateway.settings import Settings, load_settings
-from opsctl.common import EXIT_FAILED, EXIT_USAGE, CliError, ConfigOpt, Output, OutputOpt, handle_errors, render
+from opsctl.common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    CliError,
+    ConfigOpt,
+    GatewayOpt,
+    Output,
+    OutputOpt,
+    TokenOpt,
+    handle_errors,
+    render,
+)
 
 lake_app = typer.Typer(help="The usage lake: flush spools, compact, verify, run a stream writer.", no_args_is_help=True)
 usage_app = typer.Typer(help="Usage reports and exports from the lake.", no_args_is_help=True)
@@ -74,11 +85,28 @@ def _csv_ready(table: pa.Table) -> pa.Table:
 
 @lake_app.command("flush")
 @lake_errors
-def flush_command(config: ConfigOpt = None, output: OutputOpt = Output.table) -> None:
-    """Write leftover spool segments of stopped gateways (<state_dir>/spool/*) to the lake."""
+def flush_command(
+    config: ConfigOpt = None,
+    output: OutputOpt = Output.table,
+    gateway: GatewayOpt = None,
+    admin_token: TokenOpt = None,
+    local_only: Annotated[bool, typer.Option("--local-only", help="do not ask a running gateway")] = False,
+) -> None:
+    """Flush usage to the lake: ask the running gateway to flush its spool, then write leftover
+    spool segments of stopped gateways (<state_dir>/spool/*)."""
     settings = _settings(config)
+    result: dict[str, Any] = {"gateway": "not asked"}
+    if not local_only:
+        from gateway.errors import FleetgateError
+        from opsctl.common import admin_client
+
+        try:
+            with admin_client(gateway, admin_token, config) as client:
+                result["gateway"] = client.post("/admin/v1/usage/flush")["flushed"]
+        except FleetgateError as e:
+            result["gateway"] = f"not flushed: {e.message}"
     report = flush_spool_tree(Path(settings.state_dir) / "spool", lake_config(settings))
-    render(report.as_dict(), output)
+    render({**result, **report.as_dict()}, output)
 
 
 @lake_app.command("compact")

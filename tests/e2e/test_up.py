@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -58,6 +59,16 @@ def test_up_serves_the_sdk_then_stops_everything(tmp_path):
         reply = client.chat.completions.create(model="demo-chat", messages=[{"role": "user", "content": "hi"}])
         assert reply.choices[0].message.content
         assert client.embeddings.create(model="demo-embed", input="x").data[0].embedding
+        # The lake sees both requests once the running gateway flushes (opsctl finds the token).
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETGATE_")}
+        env.update(FLEETGATE_STATE_DIR=str(state_dir), FLEETGATE_GATEWAY_URL=f"http://127.0.0.1:{port}")
+        opsctl = [sys.executable, "-m", "opsctl"]
+        flushed = subprocess.run([*opsctl, "lake", "flush", "-o", "json"], env=env, capture_output=True,
+                                 text=True, check=True)
+        assert '"gateway": true' in flushed.stdout
+        counted = subprocess.run([*opsctl, "sql", "select model, count(*) as n from usage group by 1 order by 1",
+                                  "--format", "json"], env=env, capture_output=True, text=True, check=True)
+        assert json.loads(counted.stdout) == [{"model": "demo-chat", "n": 1}, {"model": "demo-embed", "n": 1}]
         children = _stop(proc)
     finally:
         if proc.poll() is None:

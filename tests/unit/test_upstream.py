@@ -352,6 +352,59 @@ async def test_server_closing_idle_connections_between_requests_is_invisible() -
     assert pool.stats.opened == 5
 
 
+async def test_connection_close_answers_and_interim_responses() -> None:
+    """`Connection: close` is honoured (never pooled); a 100 Continue before the answer is skipped."""
+    closed_by_client: list[bool] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n"
+                     b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        closed_by_client.append(await reader.read() == b"")  # the client, not us, hangs up
+        writer.close()
+
+    async with raw_server(answer) as url:
+        pool = UpstreamPool()
+        try:
+            for _ in range(2):
+                async with await pool.request(url, "/x", b"{}") as resp:
+                    assert (resp.status, await resp.read()) == (200, b"ok")
+
+            async def both_closed() -> bool:
+                return closed_by_client == [True, True]
+
+            await eventually(both_closed, what="the client to close both connections")
+        finally:
+            await pool.close()
+    assert pool.stats.opened == 2 and pool.stats.reused == 0
+
+
+async def test_cancelled_request_closes_its_connection() -> None:
+    """A caller cancelled while waiting (the gateway's client went away) hangs up on the pod."""
+    accepted, hung_up = asyncio.Event(), asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        accepted.set()
+        if await reader.read() == b"":
+            hung_up.set()
+        writer.close()
+
+    async with raw_server(silent) as url:
+        pool = UpstreamPool()
+        try:
+            task = asyncio.ensure_future(pool.request(url, "/x", b"{}"))
+            await asyncio.wait_for(accepted.wait(), 5)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.wait_for(hung_up.wait(), 5)
+            assert not pool._all
+        finally:
+            await pool.close()
+
+
 async def test_connection_refused_fails_fast() -> None:
     pool = UpstreamPool()
     t0 = time.perf_counter()
