@@ -23,11 +23,11 @@ test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(PY) benchmarks/gateway.py
-	$(PY) benchmarks/lake.py
+	$(PY) -m benchmarks.gateway --workers 2 --limits
+	$(PY) -m benchmarks.lake --rows 10000000 --s3 --out-md docs/benchmarks.md
 
 bench-quick: $(STAMP)
-	$(PY) benchmarks/gateway.py --quick --skip-litellm
+	$(PY) -m benchmarks.gateway --quick --skip-litellm
 
 clean:
 	rm -rf .fleetgate .bench build *.egg-info

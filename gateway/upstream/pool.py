@@ -10,8 +10,10 @@ import asyncio
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Self
 from urllib.parse import urlsplit
 
+from gateway.errors import ConfigError
 from gateway.upstream.connection import Connection, UpstreamResponse, headers_arrived
 from gateway.upstream.errors import UpstreamConnectError, UpstreamTimeoutError
 
@@ -47,11 +49,20 @@ class UpstreamPool:
         max_idle_per_host: idle connections kept per host; more are closed on release.
         idle_ttl_s: idle connections older than this are closed (checked on use and by a timer).
         ssl_context: for https endpoints; default: the system's default verifying context.
+
+    Raises:
+        ConfigError: a timeout that is not a positive number, or a negative max_idle_per_host.
     """
 
     def __init__(self, *, connect_timeout_s: float = 5.0, read_timeout_s: float = 600.0,
                  max_idle_per_host: int = 64, idle_ttl_s: float = 60.0,
                  ssl_context: ssl.SSLContext | None = None) -> None:
+        for name, value in (("connect_timeout_s", connect_timeout_s), ("read_timeout_s", read_timeout_s),
+                            ("idle_ttl_s", idle_ttl_s)):
+            if not 0 < value < float("inf"):  # also rejects NaN
+                raise ConfigError(f"{name}: {value} must be a positive number of seconds", param=name)
+        if max_idle_per_host < 0:
+            raise ConfigError(f"max_idle_per_host: {max_idle_per_host} must be >= 0", param="max_idle_per_host")
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
         self.max_idle_per_host = max_idle_per_host
@@ -95,6 +106,12 @@ class UpstreamPool:
         resp = conn.send(data)
         await headers_arrived(resp)
         return resp
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     async def close(self) -> None:
         """Close every connection, idle or in use, and wait until they are gone."""

@@ -26,13 +26,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gateway.upstream import (
-    BUFFER_LIMIT,
-    UpstreamConnectError,
-    UpstreamPool,
-    UpstreamProtocolError,
-    UpstreamTimeoutError,
-)
+from gateway.errors import ConfigError
+from gateway.upstream import BUFFER_LIMIT, UpstreamConnectError, UpstreamPool, UpstreamProtocolError
+from gateway.upstream import UpstreamTimeoutError
 from opsctl.sim import SimConfig, create_sim_app
 from tests.support import free_port
 
@@ -118,9 +114,9 @@ async def echo_app() -> AsyncIterator[tuple[str, list[int]]]:
         return resp
 
     app = web.Application()
-    app.router.add_post("/{tail:.*}", echo)
     app.router.add_post("/chunked", chunked)
     app.router.add_post("/prefix/chunked", chunked)
+    app.router.add_post("/{tail:.*}", echo)
     async with serve(app) as url:
         yield url, connections
 
@@ -136,13 +132,10 @@ async def running_requests(url: str) -> float:
 
 async def test_non_streaming_chat_returns_the_json_body() -> None:
     async with sim_pod(MODEL) as url:
-        pool = UpstreamPool()
-        try:
+        async with UpstreamPool() as pool:
             resp = await pool.request(url, CHAT, chat(), [("X-Request-ID", "r1")])
             body = orjson.loads(await resp.read())
             resp.release()
-        finally:
-            await pool.close()
     assert resp.status == 200
     assert resp.headers["content-type"].startswith("application/json")
     assert resp.headers["Content-Type"] == resp.headers["CONTENT-TYPE"]
@@ -152,16 +145,13 @@ async def test_non_streaming_chat_returns_the_json_body() -> None:
 
 async def test_streaming_yields_sse_data_as_it_is_generated() -> None:
     async with sim_pod(MODEL, ttft_ms=50, tokens_per_s=50) as url:
-        pool = UpstreamPool()
-        try:
+        async with UpstreamPool() as pool:
             t0 = time.perf_counter()
             resp = await pool.request(url, CHAT, chat(stream=True, max_tokens=10))
             arrivals: list[tuple[float, bytes]] = []
             async for chunk in resp.iter_chunks():
                 arrivals.append((time.perf_counter() - t0, chunk))
             resp.release()
-        finally:
-            await pool.close()
     assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
     text = b"".join(chunk for _, chunk in arrivals)
     assert text.count(b"data: ") >= 11 and text.rstrip().endswith(b"data: [DONE]")
@@ -172,8 +162,7 @@ async def test_streaming_yields_sse_data_as_it_is_generated() -> None:
 
 async def test_close_mid_stream_makes_the_pod_stop_generating() -> None:
     async with sim_pod(MODEL, ttft_ms=10, tokens_per_s=20) as url:
-        pool = UpstreamPool()
-        try:
+        async with UpstreamPool() as pool:
             resp = await pool.request(url, CHAT, chat(stream=True, max_tokens=200))
             chunks = resp.iter_chunks()
             assert (await chunks.__anext__()).startswith(b"data: ")
@@ -188,22 +177,17 @@ async def test_close_mid_stream_makes_the_pod_stop_generating() -> None:
             await eventually(stopped, what="the simulator to see the disconnect")
             with pytest.raises(UpstreamProtocolError):
                 await resp.read()
-        finally:
-            await pool.close()
 
 
 async def test_two_hundred_concurrent_requests_to_the_simulator() -> None:
     async with sim_pod(MODEL) as url:
-        pool = UpstreamPool()
-        try:
+        async with UpstreamPool() as pool:
             async def one(i: int) -> dict:
                 async with await pool.request(url, CHAT, chat(max_tokens=1 + i % 7)) as resp:
                     assert resp.status == 200
                     return orjson.loads(await resp.read())
 
             bodies = await asyncio.gather(*(one(i) for i in range(200)))
-        finally:
-            await pool.close()
     assert [b["usage"]["completion_tokens"] for b in bodies] == [1 + i % 7 for i in range(200)]
 
 
@@ -211,23 +195,19 @@ async def test_two_hundred_concurrent_requests_to_the_simulator() -> None:
 
 async def test_keep_alive_reuses_one_connection() -> None:
     async with echo_app() as (url, connections):
-        pool = UpstreamPool()
-        try:
+        async with UpstreamPool() as pool:
             for i in range(5):
                 resp = await pool.request(url, "/v1/x", b'{"n": %d}' % i, [("X-Request-ID", f"id-{i}")])
                 assert orjson.loads(await resp.read())["id"] == f"id-{i}"
                 resp.release()
                 resp.release()  # idempotent
-        finally:
-            await pool.close()
     assert len(set(connections)) == 1 and len(connections) == 5
     assert (pool.stats.opened, pool.stats.reused) == (1, 4)
 
 
 async def test_chunked_and_content_length_bodies_and_url_prefix() -> None:
     async with echo_app() as (url, _):
-        pool = UpstreamPool()
-        try:
+        async with UpstreamPool() as pool:
             async with await pool.request(url + "/prefix/", "/chunked", b"{}") as resp:
                 assert resp.headers.get("Transfer-Encoding") == "chunked"
                 assert await resp.read() == b"alpha,beta,gamma"
@@ -238,15 +218,12 @@ async def test_chunked_and_content_length_bodies_and_url_prefix() -> None:
                 assert int(resp.headers["Content-Length"]) > 0
                 assert orjson.loads(await resp.read()) == {
                     "path": "/prefix/v1/chat/completions", "id": None, "body": '{"a": 1}'}
-        finally:
-            await pool.close()
     assert pool.stats.opened == 1
 
 
 async def test_two_hundred_concurrent_requests_get_their_own_answers() -> None:
     async with echo_app() as (url, connections):
-        pool = UpstreamPool(max_idle_per_host=16)
-        try:
+        async with UpstreamPool(max_idle_per_host=16) as pool:
             async def one(i: int) -> None:
                 resp = await pool.request(url, f"/n/{i}", b'{"i": %d}' % i, [("X-Request-ID", str(i))])
                 body = orjson.loads(await resp.read())
@@ -255,22 +232,17 @@ async def test_two_hundred_concurrent_requests_get_their_own_answers() -> None:
 
             for _ in range(2):
                 await asyncio.gather(*(one(i) for i in range(200)))
-        finally:
-            await pool.close()
     assert len(connections) == 400
     assert len(set(connections)) <= 200 + 200 - 16, "the second round must reuse the kept connections"
 
 
 async def test_idle_connections_expire_after_the_ttl() -> None:
     async with echo_app() as (url, connections):
-        pool = UpstreamPool(idle_ttl_s=0.1)
-        try:
+        async with UpstreamPool(idle_ttl_s=0.1) as pool:
             for _ in range(2):
                 async with await pool.request(url, "/x", b"{}") as resp:
                     await resp.read()
                 await asyncio.sleep(0.25)
-        finally:
-            await pool.close()
     assert pool.stats.opened == 2 and len(set(connections)) == 2
 
 
@@ -292,8 +264,7 @@ async def test_flow_control_pauses_the_pod_while_the_consumer_is_behind() -> Non
     app = web.Application()
     app.router.add_post("/big", big)
     async with serve(app) as url:
-        pool = UpstreamPool()
-        try:
+        async with UpstreamPool() as pool:
             resp = await pool.request(url, "/big", b"{}")
             chunks = resp.iter_chunks()
             received = len(await chunks.__anext__())
@@ -303,8 +274,6 @@ async def test_flow_control_pauses_the_pod_while_the_consumer_is_behind() -> Non
                 assert len(chunk) <= BUFFER_LIMIT + (256 << 10)  # + at most one socket read
                 received += len(chunk)
             resp.release()
-        finally:
-            await pool.close()
     assert received == total and finished.is_set()
 
 
@@ -323,13 +292,10 @@ async def test_stale_keep_alive_connection_is_retried_on_a_fresh_one() -> None:
         writer.close()
 
     async with raw_server(one_per_connection) as url:
-        pool = UpstreamPool()
-        try:
+        async with UpstreamPool() as pool:
             for _ in range(3):
                 async with await pool.request(url, "/x", b"{}") as resp:
                     assert (resp.status, await resp.read()) == (200, b"{}")
-        finally:
-            await pool.close()
     assert pool.stats.stale_retries == 2 and pool.stats.opened == 3 and len(seen) == 3
 
 
@@ -341,14 +307,11 @@ async def test_server_closing_idle_connections_between_requests_is_invisible() -
         writer.close()  # keep-alive was promised, yet the connection goes
 
     async with raw_server(answer_and_close) as url:
-        pool = UpstreamPool()
-        try:
+        async with UpstreamPool() as pool:
             for _ in range(5):
                 async with await pool.request(url, "/x", b"{}") as resp:
                     assert await resp.read() == b"done"
                 await asyncio.sleep(0.01)
-        finally:
-            await pool.close()
     assert pool.stats.opened == 5
 
 
@@ -365,8 +328,7 @@ async def test_connection_close_answers_and_interim_responses() -> None:
         writer.close()
 
     async with raw_server(answer) as url:
-        pool = UpstreamPool()
-        try:
+        async with UpstreamPool() as pool:
             for _ in range(2):
                 async with await pool.request(url, "/x", b"{}") as resp:
                     assert (resp.status, await resp.read()) == (200, b"ok")
@@ -375,8 +337,6 @@ async def test_connection_close_answers_and_interim_responses() -> None:
                 return closed_by_client == [True, True]
 
             await eventually(both_closed, what="the client to close both connections")
-        finally:
-            await pool.close()
     assert pool.stats.opened == 2 and pool.stats.reused == 0
 
 
@@ -392,8 +352,7 @@ async def test_cancelled_request_closes_its_connection() -> None:
         writer.close()
 
     async with raw_server(silent) as url:
-        pool = UpstreamPool()
-        try:
+        async with UpstreamPool() as pool:
             task = asyncio.ensure_future(pool.request(url, "/x", b"{}"))
             await asyncio.wait_for(accepted.wait(), 5)
             task.cancel()
@@ -401,26 +360,17 @@ async def test_cancelled_request_closes_its_connection() -> None:
                 await task
             await asyncio.wait_for(hung_up.wait(), 5)
             assert not pool._all
-        finally:
-            await pool.close()
 
 
-async def test_connection_refused_fails_fast() -> None:
+async def test_connection_refused_fails_fast_and_unknown_hosts_fail() -> None:
     pool = UpstreamPool()
     t0 = time.perf_counter()
     try:
         with pytest.raises(UpstreamConnectError) as info:
             await pool.request(f"http://127.0.0.1:{free_port()}", "/x", b"{}")
-    finally:
-        await pool.close()
-    assert time.perf_counter() - t0 < 1.0
-    assert info.value.status == 502 and "ConnectionRefusedError" in info.value.message
-
-
-async def test_unknown_host_is_a_connect_error() -> None:
-    pool = UpstreamPool(connect_timeout_s=5.0)
-    try:
-        with pytest.raises((UpstreamConnectError, UpstreamTimeoutError)):
+        assert time.perf_counter() - t0 < 1.0
+        assert info.value.status == 502 and "ConnectionRefusedError" in info.value.message
+        with pytest.raises(UpstreamConnectError, match="gaierror"):
             await pool.request("http://no-such-host.invalid:8000", "/x", b"{}")
     finally:
         await pool.close()
@@ -455,16 +405,13 @@ async def test_stalled_body_times_out_but_slow_steady_data_does_not() -> None:
         writer.close()
 
     async with raw_server(trickle) as url:
-        pool = UpstreamPool(read_timeout_s=0.25)
-        try:
+        async with UpstreamPool(read_timeout_s=0.25) as pool:
             resp = await pool.request(url, "/x", b"{}")
             received = b""
             with pytest.raises(UpstreamTimeoutError):
                 async for chunk in resp.iter_chunks():
                     received += chunk
             resp.release()
-        finally:
-            await pool.close()
     assert received == b"xxxx"
 
 
@@ -480,14 +427,11 @@ async def test_truncated_body_is_a_protocol_error(answer: bytes) -> None:
         writer.close()
 
     async with raw_server(truncate) as url:
-        pool = UpstreamPool()
-        try:
+        async with UpstreamPool() as pool:
             resp = await pool.request(url, "/x", b"{}")
             with pytest.raises(UpstreamProtocolError, match="mid-response"):
                 await resp.read()
             resp.release()
-        finally:
-            await pool.close()
     assert pool.stats.opened == 1 and not pool._all
 
 
@@ -501,19 +445,15 @@ async def test_malformed_response_and_body_until_close() -> None:
         writer.close()
 
     async with raw_server(odd) as url:
-        pool = UpstreamPool()
-        try:
+        async with UpstreamPool() as pool:
             with pytest.raises(UpstreamProtocolError, match="malformed"):
                 await pool.request(url, "/x", b"{}")
             async with await pool.request(url, "/x", b"{}") as resp:
                 assert await resp.read() == b"until the close"
-        finally:
-            await pool.close()
 
 
 async def test_bad_input_is_rejected_before_anything_is_sent() -> None:
-    pool = UpstreamPool()
-    try:
+    async with UpstreamPool() as pool:
         for url in ("ftp://127.0.0.1:8000", "127.0.0.1:8000", "http://", "http://h:99999"):
             with pytest.raises(UpstreamConnectError, match="URL"):
                 await pool.request(url, "/x", b"{}")
@@ -521,11 +461,12 @@ async def test_bad_input_is_rejected_before_anything_is_sent() -> None:
             await pool.request("http://127.0.0.1:1", "/x", b"{}", [("X-Request-ID", "a\r\nEvil: 1")])
         with pytest.raises(ValueError, match="path"):
             await pool.request("http://127.0.0.1:1", "x y", b"{}")
-    finally:
-        await pool.close()
     with pytest.raises(UpstreamConnectError, match="closed"):
         await pool.request("http://127.0.0.1:1", "/x", b"{}")
     assert pool.stats.opened == 0
+    for bad in ({"read_timeout_s": 0}, {"connect_timeout_s": float("nan")}, {"max_idle_per_host": -1}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            UpstreamPool(**bad)
 
 
 async def test_pool_close_closes_connections_in_use_and_idle() -> None:
@@ -550,20 +491,19 @@ async def test_pool_close_closes_connections_in_use_and_idle() -> None:
 # --- TLS ----------------------------------------------------------------------------------------
 
 def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by its own key, written as PEM files."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.timezone.utc)
+    san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
+            .not_valid_after(now + datetime.timedelta(hours=1)).add_extension(san, critical=False)
             .sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return tmp_path / "cert.pem", tmp_path / "key.pem"
 
 
 async def test_https_endpoint_with_a_trusted_certificate(tmp_path: Path) -> None:
@@ -601,7 +541,7 @@ def _tls_app() -> web.Application:
     [test_non_streaming_chat_returns_the_json_body, test_streaming_yields_sse_data_as_it_is_generated,
      test_close_mid_stream_makes_the_pod_stop_generating, test_keep_alive_reuses_one_connection,
      test_two_hundred_concurrent_requests_get_their_own_answers, test_flow_control_pauses_the_pod_while_the_consumer_is_behind,
-     test_stale_keep_alive_connection_is_retried_on_a_fresh_one, test_connection_refused_fails_fast,
+     test_stale_keep_alive_connection_is_retried_on_a_fresh_one, test_connection_refused_fails_fast_and_unknown_hosts_fail,
      test_silent_server_times_out_after_read_timeout, test_stalled_body_times_out_but_slow_steady_data_does_not,
      test_https_endpoint_with_a_trusted_certificate],
     ids=lambda scenario: scenario.__name__.removeprefix("test_"),
