@@ -187,7 +187,7 @@ class UpstreamPool:
         while idle:
             conn = idle.pop()
             conn.idle = False
-            if conn.closed:
+            if conn.closed or conn.transport is None or conn.transport.is_closing():
                 continue
             if conn.idle_since < oldest_allowed:  # LIFO: everything below is older still
                 conn.abort()

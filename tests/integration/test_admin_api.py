@@ -66,6 +66,10 @@ async def test_admin_needs_the_token_and_bodies_must_be_json(gw):
         assert r.status_code == 401
         r = await anon.get("/admin/v1/organizations", headers={"Authorization": "Bearer wrong"})
         assert r.status_code == 401 and "wrong" not in r.text
+        r = await anon.post("/admin/v1/usage/flush")
+        assert r.status_code == 401
+    r = await gw.admin.post("/admin/v1/usage/flush")
+    assert r.status_code == 200 and r.json() == {"flushed": False, "reason": "usage_sink is none"}
     r = await gw.admin.post("/admin/v1/organizations", content=b"{oops")
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
     r = await gw.admin.post("/admin/v1/organizations", content=b"[1]")
