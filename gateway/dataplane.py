@@ -38,6 +38,13 @@ from gateway.routing import Balancer, EndpointState, acquire
 from gateway.settings import Settings
 from gateway.store.base import Store
 from gateway.streaming import SseRelay
+from gateway.upstream import (
+    UpstreamConnectError,
+    UpstreamPool,
+    UpstreamProtocolError,
+    UpstreamResponse,
+    UpstreamTimeoutError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,23 +116,22 @@ class DataPlane:
         self.health = health or PassiveHealth(
             failure_threshold=settings.eject_after_failures, cooldown_s=settings.eject_cooldown_s
         )
-        self.session: aiohttp.ClientSession | None = None
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=settings.upstream_connect_timeout_s, sock_read=settings.upstream_timeout_s
-        )
+        self.upstream: UpstreamPool | None = None
+        self.session: aiohttp.ClientSession | None = None  # health probes only (GET, off the hot path)
         self._background: set[asyncio.Task] = set()
         self._policies: dict[str, tuple[KeyInfo, LimitPolicy]] = {}
 
     # --- lifecycle --------------------------------------------------------
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-        self.session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
-                                             json_serialize=lambda o: orjson.dumps(o).decode(),
-                                             skip_auto_headers=("User-Agent",))
+        self.session = aiohttp.ClientSession(skip_auto_headers=("User-Agent",))
+        self.upstream = UpstreamPool(connect_timeout_s=self.settings.upstream_connect_timeout_s,
+                                     read_timeout_s=self.settings.upstream_timeout_s)
 
     async def close(self) -> None:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        if self.upstream is not None:
+            await self.upstream.close()
         if self.session is not None:
             await self.session.close()
 
@@ -296,23 +302,30 @@ class DataPlane:
         if self.health.record_failure(state, time.monotonic()):
             self.metrics.child(self.metrics.ejections, state.endpoint.url).inc()
 
-    async def _send(self, state: EndpointState, path: str, payload: bytes, request_id: str
-                    ) -> aiohttp.ClientResponse:
-        assert self.session is not None
+    async def _send(self, state: EndpointState, path: str, payload: bytes, request_id: str) -> UpstreamResponse:
+        assert self.upstream is not None
         try:
-            return await self.session.post(
-                state.endpoint.url.rstrip("/") + path, data=payload,
-                headers={"Content-Type": JSON, "X-Request-ID": request_id},
-            )
-        except asyncio.TimeoutError as e:
+            return await self.upstream.request(state.endpoint.url, path, payload, (("X-Request-ID", request_id),))
+        except UpstreamTimeoutError as e:
             self._fail(state)
             raise _RetryableUpstream(UpstreamTimeout("The model endpoint timed out.")) from e
-        except aiohttp.ClientError as e:
+        except (UpstreamConnectError, UpstreamProtocolError) as e:
             self._fail(state)
             raise _RetryableUpstream(UpstreamError(
                 f"Could not reach the model endpoint ({type(e).__name__}).")) from e
 
-    async def _upstream_error(self, state: EndpointState, resp: aiohttp.ClientResponse, data: bytes) -> None:
+    async def _read(self, state: EndpointState, resp: UpstreamResponse) -> bytes:
+        """A whole upstream body; a broken or silent pod is retryable (nothing reached the client)."""
+        try:
+            return await resp.read()
+        except UpstreamTimeoutError as e:
+            self._fail(state)
+            raise _RetryableUpstream(UpstreamTimeout("The model endpoint timed out.")) from e
+        except UpstreamProtocolError as e:
+            self._fail(state)
+            raise _RetryableUpstream(UpstreamError("The model endpoint dropped the connection.")) from e
+
+    async def _upstream_error(self, state: EndpointState, resp: UpstreamResponse, data: bytes) -> None:
         """Raise for a non-2xx upstream answer: retryable for 502/503/504, else passed on."""
         if resp.status >= 500:
             self._fail(state)
@@ -341,13 +354,7 @@ class DataPlane:
         try:
             resp = await self._send(state, path, payload, call.request_id)
             try:
-                data = await resp.read()
-            except asyncio.TimeoutError as e:
-                self._fail(state)
-                raise _RetryableUpstream(UpstreamTimeout("The model endpoint timed out.")) from e
-            except aiohttp.ClientError as e:
-                self._fail(state)
-                raise _RetryableUpstream(UpstreamError("The model endpoint dropped the connection.")) from e
+                data = await self._read(state, resp)
             finally:
                 resp.release()
         finally:
@@ -370,21 +377,20 @@ class DataPlane:
                       wants_usage: bool) -> web.StreamResponse:
         lease = acquire(state)
         t_up = call.t_upstream = time.perf_counter()
-        resp: aiohttp.ClientResponse | None = None
+        resp: UpstreamResponse | None = None
         relay = SseRelay(client_wants_usage=wants_usage)
         out: web.StreamResponse | None = None
         try:
             resp = await self._send(state, path, payload, call.request_id)
             if resp.status != 200:
-                data = await resp.read()
-                await self._upstream_error(state, resp, data)
+                await self._upstream_error(state, resp, await self._read(state, resp))
             out = web.StreamResponse(status=200, headers={
                 "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                 "X-Request-ID": call.request_id, **call.extra_headers})
             out.enable_chunked_encoding()
             await out.prepare(request)
             try:
-                async for chunk in resp.content.iter_any():
+                async for chunk in resp.iter_chunks():
                     data = relay.feed(chunk)
                     if data:
                         if call.ttft_ms is None:
@@ -393,9 +399,7 @@ class DataPlane:
                 rest = relay.flush()
                 if rest:
                     await out.write(rest)
-            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as e:
-                if isinstance(e, ConnectionResetError) and not isinstance(e, aiohttp.ClientOSError):
-                    raise
+            except (UpstreamProtocolError, UpstreamTimeoutError):
                 # Upstream broke mid-stream: too late to retry; end the stream with an error event.
                 self._fail(state)
                 call.status, call.error_type = 502, "upstream_stream_broken"
