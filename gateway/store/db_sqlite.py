@@ -98,12 +98,27 @@ class SqliteDatabase:
             # busy_timeout first, so the WAL switch waits for a concurrent opener instead of failing.
             await session.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
             await session.execute("PRAGMA foreign_keys = ON")
-            await session.fetchall("PRAGMA journal_mode = WAL")
+            await self._enable_wal(session)
             await session.execute("PRAGMA synchronous = NORMAL")
         except BaseException:
             await conn.close()
             raise
         self._conn = conn
+
+    async def _enable_wal(self, session: _Session) -> None:
+        """Switch to WAL. The switch needs a moment of exclusive access and SQLite may refuse it
+        at once (no busy handler) while another process opens the file: retry until busy_timeout."""
+        deadline = asyncio.get_running_loop().time() + self._busy_timeout_ms / 1000.0
+        delay = 0.01
+        while True:
+            try:
+                await session.fetchall("PRAGMA journal_mode = WAL")
+                return
+            except StoreUnavailable:
+                if asyncio.get_running_loop().time() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.2)
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
 import psycopg
@@ -39,6 +40,10 @@ async def test_last_good_snapshot_serves_when_store_and_redis_are_down(tmp_path,
         finally:
             _set_connections(postgres_url, True)
             redis_server.start()
-        ready = (await gw.admin.get("/v1/status/readyz")).json()
+        for _ in range(100):  # the pool reconnects with a back-off: wait for it, with a deadline
+            ready = (await gw.admin.get("/v1/status/readyz")).json()
+            if ready["checks"]["store"] == "ok":
+                break
+            await asyncio.sleep(0.1)
         assert ready["checks"]["store"] == "ok"
         assert (await gw.admin.post("/admin/v1/organizations", json={"name": "later"})).status_code == 201
