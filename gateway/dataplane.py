@@ -225,15 +225,19 @@ class DataPlane:
                 body.get("max_tokens") or body.get("max_completion_tokens") or route.model.max_tokens)
             call.max_tokens = max_tokens
             call.prompt_tokens = estimate_prompt_tokens(body)
-            # Reserve for the most expensive model the request may end up on (fallbacks).
-            chain = self._chain(route, route.model.environment)
-            reserve = max(cost_micros(call.prompt_tokens, max_tokens, r.model.input_price, r.model.output_price)
-                          for r in chain)
-            call.reservation = await self.limiter.reserve(
-                self.policy_for(call.info), cost_micros=reserve, tokens=call.prompt_tokens + max_tokens)
-            call.extra_headers = call.reservation.headers
-            if call.reservation.soft_limit_hit:
-                self._soft_limit(call.info, call.reservation)
+            policy = self.policy_for(call.info)
+            if policy.budgets or policy.key_rpm or policy.key_tpm or policy.org_rpm or policy.org_tpm:
+                # Reserve for the most expensive model the request may end up on (fallbacks).
+                reserve = cost_micros(call.prompt_tokens, max_tokens, route.model.input_price,
+                                      route.model.output_price)
+                for fallback in self._chain(route, route.model.environment)[1:]:
+                    reserve = max(reserve, cost_micros(call.prompt_tokens, max_tokens, fallback.model.input_price,
+                                                       fallback.model.output_price))
+                call.reservation = await self.limiter.reserve(
+                    policy, cost_micros=reserve, tokens=call.prompt_tokens + max_tokens)
+                call.extra_headers = call.reservation.headers
+                if call.reservation.soft_limit_hit:
+                    self._soft_limit(call.info, call.reservation)
             return await self._forward(request, call, route, body, upstream_path, kind)
         except FleetgateError as e:
             call.status = e.status
@@ -257,8 +261,7 @@ class DataPlane:
         wants_usage = call.stream and bool((body.get("stream_options") or {}).get("include_usage"))
         payload_cache: dict[str, bytes] = {}
         tried: set[str] = set()
-        last_error: FleetgateError = ServiceUnavailable(
-            f"No healthy endpoint for model '{route.model.name}' in '{env}'.")
+        last_error: FleetgateError | None = None
         attempts = 0
         for candidate in self._chain(route, env):  # cheap: usually one model
             while attempts < self.settings.max_attempts:
@@ -281,7 +284,7 @@ class DataPlane:
                 except _RetryableUpstream as e:
                     last_error = e.error
                     continue
-        raise last_error
+        raise last_error or ServiceUnavailable(f"No healthy endpoint for model '{route.model.name}' in '{env}'.")
 
     @staticmethod
     def _payload(body: dict, route: Route, stream: bool, kind: str, max_tokens: int) -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-import uuid
+import os
 
 import orjson
 from aiohttp import web
@@ -36,7 +36,7 @@ def _from_http(exc: web.HTTPException) -> FleetgateError:
 @web.middleware
 async def errors_and_request_id(request: web.Request, handler):  # noqa: ANN001, ANN201 - aiohttp signature
     incoming = request.headers.get("X-Request-ID")
-    request_id = incoming if incoming and _SAFE_ID.match(incoming) else uuid.uuid4().hex
+    request_id = incoming if incoming and _SAFE_ID.match(incoming) else os.urandom(16).hex()
     request[REQUEST_ID] = request_id
     try:
         response = await handler(request)
