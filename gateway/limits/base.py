@@ -121,26 +121,62 @@ class TokenSlot(NamedTuple):
     limit: int
 
 
-@dataclass(slots=True)
 class Reservation:
     """What `reserve` returns. The gateway reads `headers`, `soft_limit_hit` and the amounts;
-    everything else is for `settle` (opaque). Treat as read-only (not frozen: built per request)."""
+    `marker_key` and `template` are for `settle` (opaque). Treat as read-only.
 
-    id: str
-    org_id: str
-    origin: str  # "redis", "local" (made by the in-process limiter) or "none" (nothing to limit)
-    reserved_micros: int
-    reserved_tokens: int
-    headers: dict[str, str] = field(default_factory=dict)
-    soft_limit_hit: bool = False
-    soft_limit_rules: tuple[BudgetRule, ...] = ()
-    marker_key: str = ""
-    budgets: tuple[BudgetSlot, ...] = ()
-    token_limits: tuple[TokenSlot, ...] = ()
+    A plain slots class, not a dataclass: one is built per request, and positional
+    construction is the cheapest.
+    """
+
+    __slots__ = ("id", "org_id", "origin", "reserved_micros", "reserved_tokens", "headers", "soft_limit_rules",
+                 "marker_key", "template")
+
+    def __init__(self, id: str, org_id: str, origin: str, reserved_micros: int, reserved_tokens: int,  # noqa: A002
+                 headers: dict[str, str] | None = None, soft_limit_rules: tuple[BudgetRule, ...] = (),
+                 marker_key: str = "", template: ReservationTemplate | None = None) -> None:
+        self.id = id
+        self.org_id = org_id
+        self.origin = origin  # "redis", "local" (made by the in-process limiter) or "none" (nothing to limit)
+        self.reserved_micros = reserved_micros
+        self.reserved_tokens = reserved_tokens
+        self.headers: dict[str, str] = {} if headers is None else headers
+        self.soft_limit_rules = soft_limit_rules
+        self.marker_key = marker_key
+        self.template = template  # the limits and key names it was made with (None: nothing to settle)
+
+    @property
+    def soft_limit_hit(self) -> bool:
+        return bool(self.soft_limit_rules)
 
     @property
     def needs_settle(self) -> bool:
-        return bool(self.budgets or self.token_limits)
+        return self.template is not None and self.template.needs_settle
+
+    @property
+    def budgets(self) -> tuple[BudgetSlot, ...]:
+        return () if self.template is None else self.template.budgets
+
+    @property
+    def token_limits(self) -> tuple[TokenSlot, ...]:
+        return () if self.template is None else self.template.token_slots
+
+    def __repr__(self) -> str:
+        return (f"Reservation(id={self.id!r}, org_id={self.org_id!r}, origin={self.origin!r}, "
+                f"reserved_micros={self.reserved_micros}, reserved_tokens={self.reserved_tokens})")
+
+
+class ReservationTemplate(Protocol):
+    """What a Reservation keeps of the plan it was made with (plan.Template)."""
+
+    @property
+    def needs_settle(self) -> bool: ...
+
+    @property
+    def budgets(self) -> tuple[BudgetSlot, ...]: ...
+
+    @property
+    def token_slots(self) -> tuple[TokenSlot, ...]: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ Both limiters report per-limit readings; this module picks the tightest limit pe
 from __future__ import annotations
 
 import math
+from math import ceil
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -25,9 +26,9 @@ class Reading(NamedTuple):
 
 def duration(ms: float) -> str:
     """A Go-style duration as OpenAI sends it: "20ms", "1s", "6m0s", "1.5s"."""
-    if ms < 1000:
-        return f"{max(0, math.ceil(ms))}ms"
-    seconds = math.ceil(ms) / 1000.0
+    if ms < 1000:  # the common case, and on every request: keep it to one format
+        return f"{ceil(ms)}ms" if ms > 0 else "0ms"
+    seconds = ceil(ms) / 1000.0
     minutes, seconds = divmod(seconds, 60.0)
     text = f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
     return f"{int(minutes)}m{text}" if minutes else text
@@ -46,6 +47,43 @@ def ratelimit_headers(readings: Iterable[Reading]) -> dict[str, str]:
         headers[f"x-ratelimit-limit-{name}"] = str(reading.limit)
         headers[f"x-ratelimit-remaining-{name}"] = str(reading.remaining)
         headers[f"x-ratelimit-reset-{name}"] = duration(reading.reset_ms)
+    return headers
+
+
+# Per kind (in order of first appearance): the three header names and the rate slots of that
+# kind as (index, limit as text).
+HeaderGroups = tuple[tuple[str, str, str, tuple[tuple[int, str], ...]], ...]
+
+
+def header_groups(rates: list[tuple[str, int]]) -> HeaderGroups:
+    """Precomputed header names and limits for rate slots given as (kind, limit), for `tightest_headers`."""
+    members: dict[str, list[tuple[int, str]]] = {}
+    for index, (kind, limit) in enumerate(rates):
+        members.setdefault(kind, []).append((index, str(limit)))
+    return tuple(
+        (f"x-ratelimit-limit-{KINDS[kind]}", f"x-ratelimit-remaining-{KINDS[kind]}",
+         f"x-ratelimit-reset-{KINDS[kind]}", tuple(slots))
+        for kind, slots in members.items()
+    )
+
+
+def tightest_headers(groups: HeaderGroups, flat: list[float]) -> dict[str, str]:
+    """`ratelimit_headers` for the slots of `groups`, read from flat (remaining, reset_ms) per slot.
+
+    Same choice as ratelimit_headers (fewest remaining, then latest reset, first on a tie),
+    without building a Reading per slot: this runs on every request.
+    """
+    headers: dict[str, str] = {}
+    for limit_name, remaining_name, reset_name, slots in groups:
+        index, limit_text = slots[0]
+        left, reset = flat[2 * index], flat[2 * index + 1]
+        for other, other_text in slots[1:]:
+            other_left, other_reset = flat[2 * other], flat[2 * other + 1]
+            if other_left < left or (other_left == left and other_reset > reset):
+                left, reset, limit_text = other_left, other_reset, other_text
+        headers[limit_name] = limit_text
+        headers[remaining_name] = str(left)
+        headers[reset_name] = duration(reset)
     return headers
 
 

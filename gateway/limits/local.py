@@ -13,19 +13,18 @@ from collections.abc import Callable
 from gateway.errors import InvalidRequest
 from gateway.limits.base import BudgetRule, BudgetSlot, BudgetStatus, LimiterHooks, LimitPolicy, Reservation
 from gateway.limits.gcra import admit, backlog, correct, remaining, to_ms
-from gateway.limits.headers import Reading
 from gateway.limits.keys import KeySpace
 from gateway.limits.plan import (
-    OK,
     OVER_BUDGET,
     RATE_LIMITED,
     Outcome,
-    Plan,
     Planner,
-    RateSlot,
+    Template,
+    accept,
     budget_status,
     check_amounts,
-    finish,
+    readings_of,
+    refuse,
     unlimited,
 )
 
@@ -82,33 +81,37 @@ class LocalLimiter:
 
     async def reserve(self, policy: LimitPolicy, *, cost_micros: int, tokens: int) -> Reservation:
         check_amounts(cost_micros, tokens)
-        plan = self._planner.plan(policy, self._clock(), cost_micros, tokens)
-        if plan.empty:
-            return unlimited(plan)
-        return finish(plan, self._evaluate(plan), "local", self._hooks)
+        now_s = self._clock()
+        template = self._planner.template(policy, now_s)
+        if template.empty:
+            return unlimited(self._planner.new_id(), policy.org_id, cost_micros, tokens)
+        return self._reserve(template, now_s, cost_micros, tokens)
 
     async def settle(self, reservation: Reservation, *, cost_micros: int, tokens: int) -> None:
         check_amounts(cost_micros, tokens)
         if self._open.pop(reservation.marker_key, None) is None:
             return  # settled before, never needed a settle, or expired twice over
+        template: Template = reservation.template  # type: ignore[assignment]  # it had a marker
         now_s = self._clock()
-        now_ms = to_ms(now_s)
         delta = tokens - reservation.reserved_tokens
         if delta:
-            for slot in reservation.token_limits:
-                level, now = backlog(self._rates.get(slot.key), now_ms)
+            now_ms = to_ms(now_s)
+            rates = self._rates
+            for slot in template.token_slots:
+                level, now = backlog(rates.get(slot.key), now_ms)
                 level = correct(level, delta, slot.limit)
                 if level > 0:
-                    self._rates[slot.key] = (level, now)
+                    rates[slot.key] = (level, now)
                 else:
-                    self._rates.pop(slot.key, None)
-        member = f"{reservation.id}:{reservation.reserved_micros}"
-        for slot in reservation.budgets:
-            budget = self._budget(slot, now_s)
-            lease = budget.leases.pop(member, None)
-            if lease is not None:
-                budget.reserved -= lease[1]
-            budget.spent += cost_micros
+                    rates.pop(slot.key, None)
+        if template.budgets:
+            member = f"{reservation.id}:{reservation.reserved_micros}"
+            for slot in template.budgets:
+                budget = self._budget(slot, now_s)
+                lease = budget.leases.pop(member, None)
+                if lease is not None:
+                    budget.reserved -= lease[1]
+                budget.spent += cost_micros
 
     async def release(self, reservation: Reservation) -> None:
         await self.settle(reservation, cost_micros=0, tokens=0)
@@ -134,41 +137,52 @@ class LocalLimiter:
             budget.purge(now_s)
         return budget
 
-    def _evaluate(self, plan: Plan) -> Outcome:
-        now_s, now_ms = plan.now_s, plan.now_ms
+    def _reserve(self, template: Template, now_s: float, cost: int, tokens: int) -> Reservation:
+        """Check and count one reserve, all or nothing (no await: nothing interleaves)."""
         self._sweep(now_s)
-        counters: list[tuple[int, int]] = []
-        budgets = [self._budget(slot, now_s) for slot in plan.budgets]
-        for index, (slot, budget) in enumerate(zip(plan.budgets, budgets, strict=True)):
-            counters.append((budget.spent, budget.reserved))
-            if budget.spent + budget.reserved + plan.cost > slot.rule.limit_micros:
-                return Outcome(OVER_BUDGET, [], failed=index, budgets=counters)
+        budgets = [self._budget(slot, now_s) for slot in template.budgets] if template.budgets else ()
+        counters: list[int] = []
+        for index, budget in enumerate(budgets):
+            spent, reserved = budget.spent, budget.reserved
+            if spent + reserved + cost > template.budgets[index].rule.limit_micros:
+                refuse(template, cost, tokens, Outcome(
+                    OVER_BUDGET, [], failed=index, budgets=[(0, 0)] * index + [(spent, reserved)]), self._hooks)
+            counters += (spent, reserved)
 
-        states = [backlog(self._rates.get(rate.key), now_ms) for rate in plan.rates]
+        now_ms = to_ms(now_s)
+        rates = self._rates
+        states = [backlog(rates.get(rate.key), now_ms) for rate in template.rates]
         levels: list[float] = []
         failed, worst_wait = -1, 0.0
-        for index, (rate, (level, _)) in enumerate(zip(plan.rates, states, strict=True)):
-            allowed, new_level, wait = admit(level, plan.amount(rate), rate.limit)
+        n_rpm = template.n_rpm
+        for index, rate in enumerate(template.rates):
+            allowed, new_level, wait = admit(states[index][0], 1 if index < n_rpm else tokens, rate.limit)
             levels.append(new_level)
             if not allowed and (failed < 0 or wait > worst_wait):
                 failed, worst_wait = index, wait
+        readings: list[float] = []
         if failed >= 0:
-            readings = [_reading(rate, level) for rate, (level, _) in zip(plan.rates, states, strict=True)]
-            return Outcome(RATE_LIMITED, readings, wait_ms=worst_wait, failed=failed)
+            for rate, (level, _) in zip(template.rates, states, strict=True):
+                readings += (remaining(level, rate.limit), level)
+            refuse(template, cost, tokens, Outcome(
+                RATE_LIMITED, readings_of(template, readings), wait_ms=worst_wait, failed=failed), self._hooks)
 
-        readings = []
-        for rate, level, (_, now) in zip(plan.rates, levels, states, strict=True):
+        for rate, level, (_, now) in zip(template.rates, levels, states, strict=True):
             if level > 0:
-                self._rates[rate.key] = (level, now)
-            readings.append(_reading(rate, level))
-        if plan.cost:
+                rates[rate.key] = (level, now)
+            readings += (remaining(level, rate.limit), level)
+        rid = self._planner.new_id()
+        if cost and budgets:
             expiry = now_s + self._lease_s
-            for budget in budgets:
-                budget.reserved += plan.cost
-                budget.leases[plan.lease_member] = (expiry, plan.cost)
-        if plan.needs_marker:
-            self._open[plan.marker_key] = now_s + 2 * self._lease_s
-        return Outcome(OK, readings, budgets=[(b.spent, b.reserved) for b in budgets])
+            member = f"{rid}:{cost}"
+            for index, budget in enumerate(budgets):
+                budget.reserved += cost
+                budget.leases[member] = (expiry, cost)
+                counters[2 * index + 1] = budget.reserved
+        reservation = accept(template, rid, "local", cost, tokens, readings, counters, self._hooks)
+        if template.needs_settle:
+            self._open[reservation.marker_key] = now_s + 2 * self._lease_s
+        return reservation
 
     def _sweep(self, now_s: float) -> None:
         """Drop expired reservation markers (cheap, oldest first) and, once a minute, idle state."""
@@ -186,7 +200,3 @@ class LocalLimiter:
             del self._rates[key]
         for key in [k for k, b in self._budgets.items() if b.expire_at_s and b.expire_at_s <= now_s]:
             del self._budgets[key]
-
-
-def _reading(rate: RateSlot, level: float) -> Reading:
-    return Reading(rate.kind, rate.scope, rate.limit, remaining(level, rate.limit), level)

@@ -1,4 +1,4 @@
-"""What one reserve must check (the plan) and how its outcome becomes a Reservation or an error.
+"""What one reserve must check (a policy's Template) and how its outcome becomes a Reservation or an error.
 
 Shared by both limiters, so key names, headers, soft-limit flags and error messages are
 identical whichever implementation (or the outage fallback) handled the request.
@@ -6,14 +6,14 @@ identical whichever implementation (or the outage fallback) handled the request.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
-from typing import NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from gateway.errors import InsufficientQuota, InvalidRequest, RateLimited
 from gateway.limits.base import BudgetRule, BudgetSlot, BudgetStatus, LimiterHooks, LimitPolicy, Reservation, TokenSlot
-from gateway.limits.gcra import to_ms
-from gateway.limits.headers import Reading, ratelimit_headers, retry_headers
+from gateway.limits.headers import Reading, header_groups, retry_headers, tightest_headers
 from gateway.limits.keys import KeySpace
 from gateway.limits.periods import PeriodCalendar, PeriodWindow
 
@@ -31,42 +31,8 @@ class RateSlot(NamedTuple):
     limit: int
 
 
-class Plan:
-    """Everything one reserve touches; `now_ms` is on the gcra time scale. (Plain slots class:
-    it is built on every request.)"""
-
-    __slots__ = ("reservation_id", "org_id", "now_s", "now_ms", "cost", "tokens", "marker_key", "rates",
-                 "budgets", "token_slots", "needs_marker")
-
-    def __init__(self, reservation_id: str, org_id: str, now_s: float, cost: int, tokens: int, marker_key: str,
-                 template: _Template) -> None:
-        self.reservation_id = reservation_id
-        self.org_id = org_id
-        self.now_s = now_s
-        self.now_ms = to_ms(now_s)
-        self.cost = cost
-        self.tokens = tokens
-        self.marker_key = marker_key
-        self.rates: tuple[RateSlot, ...] = template.rates
-        self.budgets: tuple[BudgetSlot, ...] = template.budgets
-        self.token_slots: tuple[TokenSlot, ...] = template.token_slots
-        self.needs_marker: bool = template.needs_marker
-
-    @property
-    def empty(self) -> bool:
-        return not self.rates and not self.budgets
-
-    def amount(self, rate: RateSlot) -> int:
-        """What `rate` is charged: one request, or the request's tokens."""
-        return 1 if rate.kind == "rpm" else self.tokens
-
-    @property
-    def lease_member(self) -> str:
-        return f"{self.reservation_id}:{self.cost}"
-
-
 class Outcome:
-    """A limiter's verdict on a plan, in the form both implementations produce."""
+    """A refused reserve, in the form both implementations produce (the accepted path needs none)."""
 
     __slots__ = ("status", "readings", "wait_ms", "failed", "budgets")
 
@@ -79,18 +45,44 @@ class Outcome:
         self.budgets = budgets or []  # (spent, reserved) per budget
 
 
-class _Template:
-    """The key names of one policy, computed once; budget slots are valid for [valid_from, valid_until)."""
+class Template:
+    """One policy's limits for its current budget periods, computed once: key names, header names
+    per kind, soft-limit thresholds. Valid for now in [valid_from, valid_until); a new period gets
+    a new Template, so reservations can keep a reference for settle (nothing in it changes but the
+    cache key `policy` and the once-set `script_args`)."""
 
-    __slots__ = ("rates", "token_slots", "needs_marker", "budgets", "valid_from", "valid_until")
+    __slots__ = ("policy", "org_id", "marker_prefix", "rates", "n_rpm", "budgets", "token_slots", "needs_settle",
+                 "empty", "header_groups", "soft", "valid_from", "valid_until", "script_args")
 
-    def __init__(self, rates: tuple[RateSlot, ...]) -> None:
-        self.rates = rates
-        self.token_slots = tuple(TokenSlot(r.key, r.limit) for r in rates if r.kind == "tpm")
-        self.budgets: tuple[BudgetSlot, ...] = ()
-        self.valid_from = math.inf
-        self.valid_until = -math.inf
-        self.needs_marker = bool(self.token_slots)
+    def __init__(self, policy: LimitPolicy, keys: KeySpace, budgets: tuple[BudgetSlot, ...],
+                 valid_from: float, valid_until: float) -> None:
+        self.policy = policy  # the object it is cached under (see Planner.template)
+        org, key = policy.org_id, policy.key_id
+        # Order matters: RPM limits first (they take 1), then TPM (they take the tokens).
+        self.rates = tuple(
+            RateSlot(keys.rate(org, scope, scope_id, kind), kind, scope, limit)
+            for scope, scope_id, kind, limit in (
+                ("key", key, "rpm", policy.key_rpm),
+                ("org", org, "rpm", policy.org_rpm),
+                ("key", key, "tpm", policy.key_tpm),
+                ("org", org, "tpm", policy.org_tpm),
+            )
+            if limit is not None
+        )
+        self.org_id = org
+        self.marker_prefix = keys.marker(org, "")
+        self.n_rpm = sum(1 for rate in self.rates if rate.kind == "rpm")
+        self.budgets = budgets
+        self.token_slots = tuple(TokenSlot(r.key, r.limit) for r in self.rates if r.kind == "tpm")
+        self.needs_settle = bool(self.token_slots or budgets)
+        self.empty = not self.rates and not budgets
+        self.header_groups = header_groups([(rate.kind, rate.limit) for rate in self.rates])
+        # (budget index, rule, limit * pct): the soft limit is hit when (spent + reserved) * 100 >= that.
+        self.soft = tuple((i, slot.rule, slot.rule.limit_micros * slot.rule.soft_limit_pct)
+                          for i, slot in enumerate(budgets) if slot.rule.soft_limit_pct > 0)
+        self.valid_from = valid_from
+        self.valid_until = valid_until
+        self.script_args: Any = None  # RedisLimiter's precomputed script arguments for this template
 
 
 def check_amounts(cost_micros: int, tokens: int) -> None:
@@ -106,19 +98,26 @@ def usd(micros: int) -> str:
 
 
 class Planner:
-    """Turns a policy and a request's amounts into a Plan; owns the key space and the calendar.
+    """Turns a policy into its Template; owns the key space and the calendar.
 
-    Key names are computed once per policy (policies are hashed once, see LimitPolicy) and kept
-    in a bounded cache, so a reserve builds almost nothing.
+    Templates are cached per policy (policies are hashed once, see LimitPolicy) in a bounded
+    cache and rebuilt when a budget period ends, so a reserve builds almost nothing.
     """
 
-    __slots__ = ("keys", "lease_s", "_calendar", "_templates")
+    __slots__ = ("keys", "lease_s", "_calendar", "_templates", "_id_prefix", "_ids")
 
     def __init__(self, keys: KeySpace, lease_s: float) -> None:
         self.keys = keys
         self.lease_s = lease_s
         self._calendar = PeriodCalendar()
-        self._templates: dict[LimitPolicy, _Template] = {}
+        self._templates: dict[LimitPolicy, Template] = {}
+        self._id_prefix = os.urandom(8).hex()
+        self._ids = itertools.count()
+
+    def new_id(self) -> str:
+        """A reservation id, unique across replicas without coordination: 64 random bits per
+        limiter, then a counter (cheaper than random bits per id)."""
+        return f"{self._id_prefix}{next(self._ids):x}"
 
     def budget_slot(self, rule: BudgetRule, now_s: float) -> BudgetSlot:
         window = self._calendar.window(rule.period, now_s)
@@ -131,85 +130,90 @@ class Planner:
     def window(self, rule: BudgetRule, now_s: float) -> PeriodWindow:
         return self._calendar.window(rule.period, now_s)
 
-    def _template(self, policy: LimitPolicy) -> _Template:
-        org, key = policy.org_id, policy.key_id
-        rates = tuple(
-            RateSlot(self.keys.rate(org, scope, scope_id, kind), kind, scope, limit)
-            for scope, scope_id, kind, limit in (
-                ("key", key, "rpm", policy.key_rpm),
-                ("org", org, "rpm", policy.org_rpm),
-                ("key", key, "tpm", policy.key_tpm),
-                ("org", org, "tpm", policy.org_tpm),
-            )
-            if limit is not None
+    def template(self, policy: LimitPolicy, now_s: float) -> Template:
+        """The template of `policy` for the budget periods containing `now_s`."""
+        template = self._templates.get(policy)
+        if template is not None and template.valid_from <= now_s < template.valid_until:
+            if template.policy is not policy:
+                # An equal policy object (e.g. rebuilt after a key refresh): cache under this one, so
+                # later lookups match by identity instead of comparing every field.
+                del self._templates[policy]
+                self._templates[policy] = template
+                template.policy = policy
+            return template
+        return self._build(policy, now_s)
+
+    def _build(self, policy: LimitPolicy, now_s: float) -> Template:
+        windows = [self._calendar.window(rule.period, now_s) for rule in policy.budgets]
+        template = Template(
+            policy, self.keys, tuple(self.budget_slot(rule, now_s) for rule in policy.budgets),
+            max((w.start for w in windows if w.start is not None), default=-math.inf),
+            min((w.end for w in windows if w.end is not None), default=math.inf),
         )
         if len(self._templates) >= TEMPLATE_CACHE_SIZE:
             self._templates.clear()
-        template = self._templates[policy] = _Template(rates)
+        self._templates[policy] = template
         return template
-
-    def plan(self, policy: LimitPolicy, now_s: float, cost: int, tokens: int) -> Plan:
-        template = self._templates.get(policy) or self._template(policy)
-        if policy.budgets and not template.valid_from <= now_s < template.valid_until:
-            template.budgets = tuple(self.budget_slot(rule, now_s) for rule in policy.budgets)
-            windows = [self._calendar.window(rule.period, now_s) for rule in policy.budgets]
-            template.valid_from = max((w.start for w in windows if w.start is not None), default=-math.inf)
-            template.valid_until = min((w.end for w in windows if w.end is not None), default=math.inf)
-            template.needs_marker = True
-        rid = os.urandom(9).hex()
-        return Plan(rid, policy.org_id, now_s, cost, tokens, self.keys.marker(policy.org_id, rid), template)
 
 
 def soft_limit_reached(rule: BudgetRule, spent: int, reserved: int) -> bool:
     return rule.soft_limit_pct > 0 and (spent + reserved) * 100 >= rule.limit_micros * rule.soft_limit_pct
 
 
-def finish(plan: Plan, outcome: Outcome, origin: str, hooks: LimiterHooks) -> Reservation:
-    """The Reservation for an accepted plan; raises the OpenAI-shaped error for a refused one."""
+def accept(template: Template, rid: str, origin: str, cost: int, tokens: int, readings: list[Any],
+           counters: list[Any], hooks: LimiterHooks) -> Reservation:
+    """The Reservation for an accepted reserve.
+
+    Args:
+        readings: flat (remaining, reset_ms) per rate slot.
+        counters: flat (spent, reserved) per budget, after the reservation (ints).
+    """
+    soft: tuple[BudgetRule, ...] = ()
+    if template.soft:
+        hit = []
+        for index, rule, threshold in template.soft:
+            if (counters[2 * index] + counters[2 * index + 1]) * 100 >= threshold:
+                hit.append(rule)
+                hooks.soft_limit_hit(rule)
+        soft = tuple(hit)
+    headers = tightest_headers(template.header_groups, readings) if template.header_groups else {}
+    return Reservation(rid, template.org_id, origin, cost, tokens, headers, soft, template.marker_prefix + rid,
+                       template)
+
+
+def refuse(template: Template, cost: int, tokens: int, outcome: Outcome, hooks: LimiterHooks) -> NoReturn:
+    """Raise the OpenAI-shaped error for a refused reserve."""
     if outcome.status == OVER_BUDGET:
-        slot = plan.budgets[outcome.failed]
+        slot = template.budgets[outcome.failed]
         spent, reserved = outcome.budgets[outcome.failed]
         rule = slot.rule
         hooks.rejected("budget", rule.scope)
         left = max(0, rule.limit_micros - spent - reserved)
         raise InsufficientQuota(
             f"The {rule.period} budget of {rule.scope} {rule.scope_id} is exhausted: {usd(left)} of "
-            f"{usd(rule.limit_micros)} left, and this request may cost up to {usd(plan.cost)}."
+            f"{usd(rule.limit_micros)} left, and this request may cost up to {usd(cost)}."
         )
-    if outcome.status == RATE_LIMITED:
-        slot_r = plan.rates[outcome.failed]
-        hooks.rejected(slot_r.kind, slot_r.scope)
-        noun = "requests" if slot_r.kind == "rpm" else "tokens"
-        if math.isinf(outcome.wait_ms):
-            raise RateLimited(
-                f"Request too large for the {slot_r.scope}'s tokens per minute limit: limit {slot_r.limit}, "
-                f"requested {plan.tokens}. Reduce the prompt or max_tokens.",
-                headers=retry_headers(60_000.0, outcome.readings),
-            )
-        headers = retry_headers(outcome.wait_ms, outcome.readings)
+    slot_r = template.rates[outcome.failed]
+    hooks.rejected(slot_r.kind, slot_r.scope)
+    noun = "requests" if slot_r.kind == "rpm" else "tokens"
+    if math.isinf(outcome.wait_ms):
         raise RateLimited(
-            f"Rate limit reached for {noun} per minute ({slot_r.scope}): limit {slot_r.limit}. "
-            f"Please try again in {headers['Retry-After']}s.",
-            headers=headers,
+            f"Request too large for the {slot_r.scope}'s tokens per minute limit: limit {slot_r.limit}, "
+            f"requested {tokens}. Reduce the prompt or max_tokens.",
+            headers=retry_headers(60_000.0, outcome.readings),
         )
-    soft: list[BudgetRule] = []
-    for slot, (spent, reserved) in zip(plan.budgets, outcome.budgets, strict=True):
-        if soft_limit_reached(slot.rule, spent, reserved):
-            soft.append(slot.rule)
-            hooks.soft_limit_hit(slot.rule)
-    return Reservation(
-        id=plan.reservation_id,
-        org_id=plan.org_id,
-        origin=origin,
-        reserved_micros=plan.cost,
-        reserved_tokens=plan.tokens,
-        headers=ratelimit_headers(outcome.readings),
-        soft_limit_hit=bool(soft),
-        soft_limit_rules=tuple(soft),
-        marker_key=plan.marker_key,
-        budgets=plan.budgets,
-        token_limits=plan.token_slots,
+    headers = retry_headers(outcome.wait_ms, outcome.readings)
+    raise RateLimited(
+        f"Rate limit reached for {noun} per minute ({slot_r.scope}): limit {slot_r.limit}. "
+        f"Please try again in {headers['Retry-After']}s.",
+        headers=headers,
     )
+
+
+def readings_of(template: Template, flat: list[Any]) -> list[Reading]:
+    """Reading objects from flat (remaining, reset_ms) per rate slot (refusals only)."""
+    return [Reading(rate.kind, rate.scope, rate.limit, int(flat[2 * i]), float(flat[2 * i + 1]))
+            for i, rate in enumerate(template.rates)]
 
 
 def budget_status(rule: BudgetRule, window: PeriodWindow, spent: int, reserved: int) -> BudgetStatus:
@@ -225,6 +229,6 @@ def budget_status(rule: BudgetRule, window: PeriodWindow, spent: int, reserved: 
     )
 
 
-def unlimited(plan: Plan, origin: str = "none") -> Reservation:
+def unlimited(rid: str, org_id: str, cost: int, tokens: int, origin: str = "none") -> Reservation:
     """A reservation that limits nothing and needs no settle (no limits, or fail-open)."""
-    return Reservation(plan.reservation_id, plan.org_id, origin, plan.cost, plan.tokens)
+    return Reservation(rid, org_id, origin, cost, tokens)

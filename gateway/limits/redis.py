@@ -11,7 +11,7 @@ import hashlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Protocol
@@ -28,19 +28,20 @@ from gateway.limits.base import (
     LimitPolicy,
     Reservation,
 )
-from gateway.limits.gcra import to_ms
-from gateway.limits.headers import Reading
+from gateway.limits.gcra import EPOCH_BASE_MS, to_ms
 from gateway.limits.keys import KeySpace
 from gateway.limits.local import LocalLimiter
 from gateway.limits.plan import (
     OK,
     OVER_BUDGET,
     Outcome,
-    Plan,
     Planner,
+    Template,
+    accept,
     budget_status,
     check_amounts,
-    finish,
+    readings_of,
+    refuse,
     unlimited,
 )
 
@@ -70,6 +71,30 @@ class _Script:
     def load(cls, name: str) -> _Script:
         source = resources.files("gateway.limits").joinpath(name).read_text(encoding="utf-8")
         return cls(source, hashlib.sha1(source.encode()).hexdigest())  # noqa: S324 - Redis names scripts by SHA-1
+
+
+class _ScriptArgs:
+    """The EVALSHA arguments of one template that do not change per request (see the scripts'
+    headers): key lists after the marker, and the tail of the packed argument string."""
+
+    __slots__ = ("reserve_numkeys", "reserve_keys", "reserve_tail", "settle_numkeys", "settle_keys", "settle_tail")
+
+    def __init__(self, template: Template, lease_ms: int) -> None:
+        budget_keys = tuple(key for slot in template.budgets for key in (slot.hash_key, slot.lease_key))
+        self.reserve_keys = (*(rate.key for rate in template.rates), *budget_keys)
+        self.reserve_numkeys = 1 + len(self.reserve_keys)
+        self.reserve_tail = "|".join(map(str, (
+            EPOCH_BASE_MS, lease_ms, 2 * lease_ms if template.needs_settle else 0,
+            len(template.rates), template.n_rpm, len(template.budgets),
+            *(rate.limit for rate in template.rates),
+            *(value for slot in template.budgets for value in (slot.rule.limit_micros, slot.expire_at_ms)),
+        )))
+        self.settle_keys = (*(slot.key for slot in template.token_slots), *budget_keys)
+        self.settle_numkeys = 1 + len(self.settle_keys)
+        self.settle_tail = "|".join(map(str, (
+            EPOCH_BASE_MS, len(template.token_slots), len(template.budgets),
+            *(slot.limit for slot in template.token_slots), *(slot.expire_at_ms for slot in template.budgets),
+        )))
 
 
 class RedisLimiter:
@@ -140,22 +165,34 @@ class RedisLimiter:
 
     async def reserve(self, policy: LimitPolicy, *, cost_micros: int, tokens: int) -> Reservation:
         check_amounts(cost_micros, tokens)
-        plan = self._planner.plan(policy, self._clock(), cost_micros, tokens)
-        if plan.empty:
-            return unlimited(plan)
-        if self._try_redis():
-            keys, args = self._reserve_call(plan)
+        now_s = self._clock()
+        template = self._planner.template(policy, now_s)
+        if template.empty:
+            return unlimited(self._planner.new_id(), policy.org_id, cost_micros, tokens)
+        if not self._degraded or self._try_redis():
+            args = template.script_args or self._script_args(template)
+            rid = self._planner.new_id()
+            call = (template.marker_prefix + rid, *args.reserve_keys,
+                    f"{to_ms(now_s):.3f}|{rid}|{cost_micros}|{tokens}|{args.reserve_tail}")
             try:
-                raw = await self._eval(self._reserve_script, keys, args)
+                try:
+                    raw = await self._send(self._reserve_script, args.reserve_numkeys, call)
+                except NoScriptError:
+                    raw = await self._load_and_send(self._reserve_script, args.reserve_numkeys, call)
             except OUTAGE_ERRORS as e:
                 self._went_down(e)
             else:
-                self._came_up()
-                return finish(plan, self._outcome(plan, raw), "redis", self._hooks)
+                if self._degraded:
+                    self._came_up()
+                values = [*map(int, raw.split(b"," if type(raw) is bytes else ","))]
+                if values[0] != OK:
+                    refuse(template, cost_micros, tokens, self._refusal(template, values), self._hooks)
+                end = 3 + 2 * len(template.rates)
+                return accept(template, rid, "redis", cost_micros, tokens, values[3:end], values[end:], self._hooks)
         if self._policy == "local":
             return await self._fallback.reserve(policy, cost_micros=cost_micros, tokens=tokens)
         if self._policy == "fail-open":
-            return unlimited(plan)
+            return unlimited(self._planner.new_id(), policy.org_id, cost_micros, tokens)
         raise ServiceUnavailable(
             "Rate limits and budgets are temporarily unavailable; please retry.",
             code="limits_unavailable",
@@ -164,13 +201,27 @@ class RedisLimiter:
 
     async def settle(self, reservation: Reservation, *, cost_micros: int, tokens: int) -> None:
         check_amounts(cost_micros, tokens)
-        if reservation.origin == "local":
-            await self._fallback.settle(reservation, cost_micros=cost_micros, tokens=tokens)
+        if reservation.origin != "redis":
+            if reservation.origin == "local":
+                await self._fallback.settle(reservation, cost_micros=cost_micros, tokens=tokens)
             return
-        if reservation.origin != "redis" or not reservation.needs_settle:
+        template = reservation.template
+        if template is None or not template.needs_settle:
             return
-        if self._try_redis() and await self._settle_now(reservation, cost_micros, tokens):
-            return
+        if not self._degraded or self._try_redis():
+            # _settle_now inlined: settle runs on every request.
+            numkeys, call = self._settle_call(reservation, cost_micros, tokens)
+            try:
+                try:
+                    await self._send(self._settle_script, numkeys, call)
+                except NoScriptError:
+                    await self._load_and_send(self._settle_script, numkeys, call)
+            except OUTAGE_ERRORS as e:
+                self._went_down(e)
+            else:
+                if self._degraded:
+                    self._came_up()
+                return
         if len(self._pending) >= MAX_PENDING_SETTLES:
             dropped, _, _ = self._pending.popleft()
             log.warning("limits: dropped pending settle %s (queue full); rebuild budgets from the lake", dropped.id)
@@ -200,73 +251,60 @@ class RedisLimiter:
 
     # --- Redis calls -----------------------------------------------------------------------
 
-    async def _eval(self, script: _Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """EVALSHA with the arguments packed into one string (each argument costs redis-py CPU)."""
-        packed = "|".join(map(str, args))
+    def _send(self, script: _Script, numkeys: int, call: tuple[Any, ...]) -> Awaitable[Any]:
+        """EVALSHA (raises NoScriptError when Redis does not have the script: see _load_and_send)."""
         if self._self_bounded:
-            # The client bounds every call by its own timeout and has no pool to exhaust:
-            # skip the timeout scope and semaphore (~25 µs a pair on the hot path).
-            return await self._evalsha(script, keys, packed)
+            # The client bounds every call by its own timeout and has no pool to exhaust: no
+            # timeout scope, no semaphore, no extra coroutine (~25 µs a pair on the hot path).
+            return self._redis.evalsha(script.sha, numkeys, *call)
+        return self._bounded(script, numkeys, call, load=False)
+
+    async def _load_and_send(self, script: _Script, numkeys: int, call: tuple[Any, ...]) -> Any:
+        """Load the script, then EVALSHA (after a Redis restart or SCRIPT FLUSH)."""
+        if self._self_bounded:
+            await self._redis.script_load(script.source)
+            return await self._redis.evalsha(script.sha, numkeys, *call)
+        return await self._bounded(script, numkeys, call, load=True)
+
+    async def _bounded(self, script: _Script, numkeys: int, call: tuple[Any, ...], *, load: bool) -> Any:
         async with asyncio.timeout(self._timeout_s), self._inflight:
-            return await self._evalsha(script, keys, packed)
+            if load:
+                await self._redis.script_load(script.source)
+            return await self._redis.evalsha(script.sha, numkeys, *call)
 
-    async def _evalsha(self, script: _Script, keys: Sequence[str], packed: str) -> Any:
+    async def _call(self, script: _Script, numkeys: int, call: tuple[Any, ...]) -> Any:
+        """EVALSHA, loading the script first if Redis does not have it."""
         try:
-            return await self._redis.evalsha(script.sha, len(keys), *keys, packed)
+            return await self._send(script, numkeys, call)
         except NoScriptError:
-            await self._redis.script_load(script.source)  # after a restart or SCRIPT FLUSH
-            return await self._redis.evalsha(script.sha, len(keys), *keys, packed)
+            return await self._load_and_send(script, numkeys, call)
 
-    def _ttl_ms(self, expire_at_ms: int, now_s: float) -> int:
-        return max(1, expire_at_ms - int(now_s * 1000)) if expire_at_ms else 0
-
-    def _reserve_call(self, plan: Plan) -> tuple[list[str], list[Any]]:
-        keys = [plan.marker_key]
-        args: list[Any] = [
-            plan.now_ms, self._lease_ms, plan.lease_member, plan.cost, len(plan.rates), len(plan.budgets),
-            2 * self._lease_ms if plan.needs_marker else 0,
-        ]
-        for rate in plan.rates:
-            keys.append(rate.key)
-            args += (rate.limit, plan.amount(rate))
-        for slot in plan.budgets:
-            keys += (slot.hash_key, slot.lease_key)
-            args += (slot.rule.limit_micros, self._ttl_ms(slot.expire_at_ms, plan.now_s))
-        return keys, args
+    def _script_args(self, template: Template) -> _ScriptArgs:
+        args = template.script_args = _ScriptArgs(template, self._lease_ms)
+        return args
 
     @staticmethod
-    def _outcome(plan: Plan, raw: bytes | str) -> Outcome:
-        values = [int(v) for v in (raw.decode() if isinstance(raw, bytes) else raw).split(",")]
+    def _refusal(template: Template, values: list[int]) -> Outcome:
+        """The Outcome of a refusing reserve.lua reply (see its header)."""
         status, wait, failed = values[0], values[1], values[2]
         if status == OVER_BUDGET:
             return Outcome(status, [], failed=failed, budgets=[(0, 0)] * failed + [(values[3], values[4])])
-        readings = [
-            Reading(rate.kind, rate.scope, rate.limit, values[3 + 2 * i], float(values[4 + 2 * i]))
-            for i, rate in enumerate(plan.rates)
-        ]
-        if status != OK:
-            return Outcome(status, readings, wait_ms=float("inf") if wait >= NEVER_MS else float(wait), failed=failed)
-        base = 3 + 2 * len(plan.rates)
-        counters = [(values[base + 2 * i], values[base + 2 * i + 1]) for i in range(len(plan.budgets))]
-        return Outcome(status, readings, budgets=counters)
+        return Outcome(status, readings_of(template, values[3:]),
+                       wait_ms=float("inf") if wait >= NEVER_MS else float(wait), failed=failed)
+
+    def _settle_call(self, reservation: Reservation, cost_micros: int, tokens: int) -> tuple[int, tuple[Any, ...]]:
+        """(numkeys, keys and packed argument) of settle.lua for `reservation`."""
+        args: _ScriptArgs = reservation.template.script_args  # type: ignore[union-attr]  # made in Redis: has them
+        return args.settle_numkeys, (
+            reservation.marker_key, *args.settle_keys,
+            f"{to_ms(self._clock()):.3f}|{reservation.id}|{reservation.reserved_micros}|{cost_micros}|"
+            f"{tokens - reservation.reserved_tokens}|{args.settle_tail}",
+        )
 
     async def _settle_now(self, reservation: Reservation, cost_micros: int, tokens: int) -> bool:
         """Run settle.lua; False (and degraded) when Redis is unreachable."""
-        now_s = self._clock()
-        keys = [reservation.marker_key]
-        args: list[Any] = [
-            to_ms(now_s), f"{reservation.id}:{reservation.reserved_micros}", reservation.reserved_micros,
-            cost_micros, tokens - reservation.reserved_tokens, len(reservation.token_limits),
-            len(reservation.budgets),
-        ]
-        for token_slot in reservation.token_limits:
-            keys.append(token_slot.key)
-            args.append(token_slot.limit)
-        for slot in reservation.budgets:
-            keys += (slot.hash_key, slot.lease_key)
-        args += [self._ttl_ms(slot.expire_at_ms, now_s) for slot in reservation.budgets]
         try:
-            await self._eval(self._settle_script, keys, args)
+            await self._call(self._settle_script, *self._settle_call(reservation, cost_micros, tokens))
         except OUTAGE_ERRORS as e:
             self._went_down(e)
             return False
@@ -275,9 +313,10 @@ class RedisLimiter:
 
     async def _budget_call(self, rule: BudgetRule, now_s: float, mode: str, spent: int) -> tuple[int, int]:
         slot = self._planner.budget_slot(rule, now_s)
-        args = [to_ms(now_s), mode, spent, self._ttl_ms(slot.expire_at_ms, now_s)]
+        ttl_ms = max(1, slot.expire_at_ms - int(now_s * 1000)) if slot.expire_at_ms else 0
+        args = [to_ms(now_s), mode, spent, ttl_ms]
         try:
-            raw = await self._eval(self._budget_script, [slot.hash_key, slot.lease_key], args)
+            raw = await self._call(self._budget_script, 2, (slot.hash_key, slot.lease_key, "|".join(map(str, args))))
         except OUTAGE_ERRORS as e:
             self._went_down(e)
             raise ServiceUnavailable("Budget counters are unreachable (Redis is down).", code="limits_unavailable") from e

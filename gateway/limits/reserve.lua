@@ -3,10 +3,13 @@
 -- Times are ms on the gcra.py scale, passed in (never TIME) so callers can inject a clock.
 --
 -- KEYS[1]                  open-reservation marker (settle idempotency)
--- KEYS[2 .. 1+nr]          per rate limit "backlog:seen" (ms)
+-- KEYS[2 .. 1+nr]          per rate limit "backlog:seen" (ms); the RPM ones first, then TPM
 -- KEYS[2+nr ..]            per budget: counters hash {spent, reserved}, lease zset
--- ARGV[1]: one "|"-separated string (fewer arguments = less client CPU): now, lease_ms, lease member "rid:micros", cost, nr, nb, marker_ttl_ms (0 = no marker),
---       nr x (limit, amount), nb x (limit, ttl_ms (0 = never expires))
+-- ARGV[1]: one "|"-separated string (fewer arguments = less client CPU):
+--       now, rid, cost, tokens,   then what only changes with the policy or the period:
+--       epoch_base_ms, lease_ms, marker_ttl_ms (0 = no marker), nr, nrpm, nb,
+--       nr x limit, nb x (limit, expire_at epoch ms (0 = never expires))
+--       An RPM limit takes 1, a TPM limit `tokens`; the lease member is "rid:cost".
 -- Returns (as one comma-separated string: cheaper for the client to read than an array)
 --         {0, 0, -1, nr x (remaining, reset_ms), nb x (spent, reserved)} when accepted,
 --         {1, wait_ms, failed, nr x (remaining, reset_ms)} when a rate limit refuses (wait 1e15 = never),
@@ -15,13 +18,18 @@ local arg = {}
 for v in string.gmatch(ARGV[1], '[^|]+') do arg[#arg + 1] = v end
 local WINDOW, EPS, NEVER, PURGE_MAX = 60000, 0.001, 1e15, 256
 local now = tonumber(arg[1])
-local lease_ms = tonumber(arg[2])
-local member = arg[3]
-local cost = tonumber(arg[4])
-local nr = tonumber(arg[5])
-local nb = tonumber(arg[6])
+local member = arg[2] .. ':' .. arg[3]
+local cost = tonumber(arg[3])
+local tokens = tonumber(arg[4])
+local base = tonumber(arg[5])
+local lease_ms = tonumber(arg[6])
 local marker_ttl = tonumber(arg[7])
-local rarg, barg, bkey = 7, 7 + 2 * nr, 1 + nr
+local nr = tonumber(arg[8])
+local nrpm = tonumber(arg[9])
+local nb = tonumber(arg[10])
+local rarg, barg, bkey = 10, 10 + nr, 1 + nr
+-- The caller's clock in whole epoch ms (now is exact: epoch ms - base, both well within 2^53).
+local now_epoch = math.floor(now) + base
 
 -- Integers as text; tostring() would print large ones in %.14g exponent form.
 local function pack(values)
@@ -71,7 +79,8 @@ end
 local levels, news, nows = {}, {}, {}
 local failed, worst = -1, 0
 for i = 1, nr do
-  local limit, amount = tonumber(arg[rarg + 2 * i - 1]), tonumber(arg[rarg + 2 * i])
+  local limit, amount = tonumber(arg[rarg + i]), tokens
+  if i <= nrpm then amount = 1 end
   levels[i], nows[i] = backlog(KEYS[1 + i])
   news[i] = levels[i] + amount * (WINDOW / limit)
   local over = news[i] - WINDOW
@@ -83,7 +92,7 @@ end
 if failed >= 0 then
   local out = {1, math.ceil(worst), failed}
   for i = 1, nr do
-    local left, reset = reading(levels[i], tonumber(arg[rarg + 2 * i - 1]))
+    local left, reset = reading(levels[i], tonumber(arg[rarg + i]))
     out[#out + 1] = left
     out[#out + 1] = reset
   end
@@ -95,7 +104,7 @@ for i = 1, nr do
   if news[i] > 0 then
     redis.call('SET', KEYS[1 + i], string.format('%.17g:%.17g', news[i], nows[i]), 'PX', math.ceil(news[i]))
   end
-  local left, reset = reading(news[i], tonumber(arg[rarg + 2 * i - 1]))
+  local left, reset = reading(news[i], tonumber(arg[rarg + i]))
   out[#out + 1] = left
   out[#out + 1] = reset
 end
@@ -105,8 +114,10 @@ for i = 1, nb do
     counters[i][2] = redis.call('HINCRBY', h, 'reserved', cost)
     redis.call('ZADD', z, now + lease_ms, member)
   end
-  local ttl = tonumber(arg[barg + 2 * i])
-  if ttl > 0 then
+  local expire_at = tonumber(arg[barg + 2 * i])
+  if expire_at > 0 then
+    local ttl = expire_at - now_epoch
+    if ttl < 1 then ttl = 1 end
     redis.call('PEXPIRE', h, ttl)
     redis.call('PEXPIRE', z, ttl)
   end

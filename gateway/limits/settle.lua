@@ -4,8 +4,11 @@
 -- KEYS[1]                  open-reservation marker
 -- KEYS[2 .. 1+nt]          "backlog:seen" per tokens-per-minute limit (see reserve.lua)
 -- KEYS[2+nt ..]            per budget: counters hash, lease zset
--- ARGV[1]: one "|"-separated string (fewer arguments = less client CPU): now, lease member, reserved micros, actual micros, token delta (actual - reserved),
---       nt, nb, nt x limit, nb x ttl_ms (0 = never expires)
+-- ARGV[1]: one "|"-separated string (fewer arguments = less client CPU):
+--       now, rid, reserved micros, actual micros, token delta (actual - reserved),
+--       then what only changes with the policy or the period:
+--       epoch_base_ms, nt, nb, nt x limit, nb x expire_at epoch ms (0 = never expires)
+--       The lease member is "rid:reserved".
 -- Returns 1 when settled, 0 when there was nothing (left) to settle.
 local arg = {}
 for v in string.gmatch(ARGV[1], '[^|]+') do arg[#arg + 1] = v end
@@ -14,17 +17,18 @@ if redis.call('DEL', KEYS[1]) == 0 then
 end
 local WINDOW = 60000
 local now = tonumber(arg[1])
-local member = arg[2]
+local member = arg[2] .. ':' .. arg[3]
 local reserved = tonumber(arg[3])
 local actual = tonumber(arg[4])
 local delta = tonumber(arg[5])
-local nt = tonumber(arg[6])
-local nb = tonumber(arg[7])
+local now_epoch = math.floor(now) + tonumber(arg[6])
+local nt = tonumber(arg[7])
+local nb = tonumber(arg[8])
 
 if delta ~= 0 then
   for i = 1, nt do
     local key = KEYS[1 + i]
-    local tau = WINDOW / tonumber(arg[7 + i])
+    local tau = WINDOW / tonumber(arg[8 + i])
     local level, n = 0, now
     local raw = redis.call('GET', key)
     if raw then
@@ -52,8 +56,10 @@ for i = 1, nb do
   if actual > 0 then
     redis.call('HINCRBY', h, 'spent', actual)
   end
-  local ttl = tonumber(arg[7 + nt + i])
-  if ttl > 0 then
+  local expire_at = tonumber(arg[8 + nt + i])
+  if expire_at > 0 then
+    local ttl = expire_at - now_epoch
+    if ttl < 1 then ttl = 1 end
     redis.call('PEXPIRE', h, ttl)
     redis.call('PEXPIRE', z, ttl)
   end
