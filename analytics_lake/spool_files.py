@@ -9,6 +9,8 @@ import fcntl
 import logging
 import os
 import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,7 +87,14 @@ def release_lock(fd: int) -> None:
     os.close(fd)
 
 
-def convert_segment(segment: Path, lake: Lake, writer_id: str) -> FlushReport:
+def remove_segment(segment: Path) -> None:
+    """Delete a converted segment durably (its Parquet files are already durable)."""
+    segment.unlink()
+    fsync_dir(str(segment.parent))
+
+
+def convert_segment(segment: Path, lake: Lake, writer_id: str,
+                    remove: Callable[[Path], object] = remove_segment) -> FlushReport:
     """Write one closed segment to Parquet, then delete it (only after the Parquet files are durable).
 
     File names are `part-<writer_id>-<segment stamp>`, so converting the same segment again after
@@ -109,8 +118,7 @@ def convert_segment(segment: Path, lake: Lake, writer_id: str) -> FlushReport:
             os.fsync(f.fileno())
         log.error("spool segment %s had %d invalid lines, kept in %s", segment.name, len(parsed.rejected), rejected)
     report.files = write_table(lake, parsed.table, writer_id=writer_id, seq=f"{stamp:016d}")
-    segment.unlink()
-    fsync_dir(str(segment.parent))
+    remove(segment)
     return report
 
 
@@ -125,8 +133,16 @@ def flush_spool_dir(spool_dir: Path, lake: Lake | LakeConfig, writer_id: str | N
     fd = acquire_lock(spool_dir)
     try:
         report = FlushReport()
-        for segment in list_segments(spool_dir):
-            report.add(convert_segment(segment, lake, writer_id))
+        # Deleting a large segment costs as much as parsing one on some filesystems: do it in a
+        # second thread while the next segment converts (a crash in between only means the
+        # segment is converted again, onto the same file names).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool-unlink") as deleter:
+            removals = []
+            for segment in list_segments(spool_dir):
+                report.add(convert_segment(segment, lake, writer_id,
+                                           remove=lambda seg: removals.append(deleter.submit(remove_segment, seg))))
+            for removal in removals:
+                removal.result()
         return report
     finally:
         release_lock(fd)
