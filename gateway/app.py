@@ -15,10 +15,11 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from analytics_lake.sink import UsageSink
 from gateway import appkeys, status
 from gateway.admin import setup_admin
 from gateway.auth import Authenticator
-from gateway.dataplane import DataPlane, UsageSinkLike
+from gateway.dataplane import DataPlane
 from gateway.events import ChangeBus, RedisChangeBus
 from gateway.health import HealthProber, ProbeResult
 from gateway.limits import LocalLimiter, RedisLimiter
@@ -115,7 +116,7 @@ def create_app(
     settings: Settings,
     *,
     store: Store | None = None,
-    sink: UsageSinkLike | None = None,
+    sink: UsageSink | None = None,
     worker_id: str = "gw0",
     background: bool = True,
 ) -> web.Application:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import aiohttp
 from aiohttp import web
 
 if TYPE_CHECKING:

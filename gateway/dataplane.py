@@ -17,6 +17,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from analytics_lake.sink import UsageSink
 from gateway.appkeys import REQUEST_ID
 from gateway.auth import Authenticator, KeyInfo
 from gateway.errors import (
@@ -51,10 +52,6 @@ log = logging.getLogger(__name__)
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
 JSON = "application/json"
 CLIENT_CLOSED = 499  # nginx's convention for "client closed the request"
-
-
-class UsageSinkLike:  # structural: analytics_lake sinks provide `emit`
-    async def emit(self, event: dict) -> None: ...
 
 
 class _RetryableUpstream(Exception):
@@ -98,7 +95,7 @@ class DataPlane:
         auth: Authenticator,
         registry: Registry,
         limiter: Limiter,
-        sink: UsageSinkLike | None,
+        sink: UsageSink | None,
         metrics: Metrics,
         balancer: Balancer | None = None,
         health: PassiveHealth | None = None,

@@ -69,7 +69,7 @@ async def test_keys_share_the_org_hash_tag_and_periodic_ones_expire(client):
             assert 0 < ttl <= 1_800_000  # rate state and the reservation marker
     await limiter.settle(res, cost_micros=80, tokens=40)
     assert not await client.exists(f"fgt:{{o1}}:res:{res.id}")
-    assert int(await client.hget(f"fgt:{{o1}}:budget:key:k1:total:all", "spent")) == 80
+    assert int(await client.hget("fgt:{o1}:budget:key:k1:total:all", "spent")) == 80
 
 
 async def test_script_flush_is_survived(client):
