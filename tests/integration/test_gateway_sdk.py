@@ -166,3 +166,16 @@ async def test_budget_soft_limit_is_flagged_and_exhaustion_is_insufficient_quota
         assert [a["action"] for a in audit].count("budget.soft_limit") == 1
         metrics = (await gw.admin.get("/metrics")).text
         assert 'fleetgate_budget_soft_limit_total{org=' in metrics
+
+
+async def test_inference_alias_behaves_like_chat_completions(fleet):
+    import httpx
+
+    gw, _, key = fleet
+    async with httpx.AsyncClient(base_url=gw.url, headers={"Authorization": f"Bearer {key}"}) as c:
+        r = await c.post("/v1/inference", json={"model": "chat-m", "messages": [{"role": "user", "content": "hi"}],
+                                                "max_tokens": 3})
+        assert r.status_code == 200 and r.json()["object"] == "chat.completion"
+        assert r.json()["usage"]["completion_tokens"] == 3
+        r = await c.post("/v1/inference", json={"model": "chat-m"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
