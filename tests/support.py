@@ -152,3 +152,19 @@ class S3Server:
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+async def eventually(predicate, *, timeout: float = 5.0, interval: float = 0.02, what: str = "condition"):
+    """Async counterpart of `wait_for`, for conditions served on the test's own event loop.
+
+    `predicate` is an async callable; its first truthy result is returned.
+    """
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -9,6 +9,7 @@ import aiohttp
 import httpx
 
 from tests.fleet import sim_pod
+from tests.support import wait_for
 
 PRICE_OUT = 2.0  # USD per 1M output tokens = 2 micro-USD per token
 MAX_TOKENS = 100
@@ -109,11 +110,11 @@ async def test_tpm_counts_actual_streamed_tokens_and_disconnects_are_billed(gate
                     if seen >= 20:
                         break
         with gw.admin() as admin:
-            for _ in range(100):
+            def settled():
                 status = admin.get("/admin/v1/budgets/tpm").json()[0]
-                if status["reserved_micros"] == 0:
-                    break
-                await asyncio.sleep(0.05)
+                return status if status["reserved_micros"] == 0 else None
+
+            status = await asyncio.to_thread(wait_for, settled, timeout=5, what="the disconnect to settle")
         billed = status["spent_micros"] - before
         assert status["reserved_micros"] == 0
         assert 20 * 2 <= billed < 300 * 2, billed

@@ -8,9 +8,9 @@ from collections import Counter
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fleet import gateway_settings, running_gateway, serve_app, sim_pod
 from opsctl.sim import SimConfig, create_sim_app
-from tests.support import free_port
+from tests.fleet import gateway_settings, running_gateway, serve_app, sim_pod
+from tests.support import eventually, free_port
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
@@ -99,12 +99,12 @@ async def test_failover_ejection_and_readmission(tmp_path):
                 runner_cm = serve_app(create_sim_app(SimConfig(model="m", port=port)), port)
                 await runner_cm.__aenter__()
                 before = (await served_by_endpoint(gw.url))[flaky]
-                for _ in range(50):
+
+                async def readmitted() -> bool:
                     await fire(gw.url, key, 20)
-                    if (await served_by_endpoint(gw.url))[flaky] > before:
-                        break
-                    await asyncio.sleep(0.1)
-                assert (await served_by_endpoint(gw.url))[flaky] > before, "pod was not re-admitted"
+                    return (await served_by_endpoint(gw.url))[flaky] > before
+
+                await eventually(readmitted, timeout=10, interval=0.1, what="the pod to be re-admitted")
     finally:
         if runner_cm is not None:
             await runner_cm.__aexit__(None, None, None)
@@ -159,8 +159,7 @@ async def test_client_disconnect_cancels_the_upstream_request(tmp_path):
                                 return sum(x.value for x in fam.samples)
                     return -1
 
-                for _ in range(50):
-                    if await running() == 0:
-                        break
-                    await asyncio.sleep(0.05)
-                assert await running() == 0, "upstream request still running after the client left"
+                async def stopped() -> bool:
+                    return await running() == 0
+
+                await eventually(stopped, what="the upstream request to stop after the client left")

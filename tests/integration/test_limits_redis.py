@@ -10,7 +10,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.errors import InsufficientQuota, InvalidRequest, ServiceUnavailable
-from gateway.limits import BudgetRule, LimiterHooks, LimitPolicy, LocalLimiter, RedisLimiter
+from gateway.limits import (
+    BudgetRule,
+    LimiterHooks,
+    LimitPolicy,
+    LocalLimiter,
+    RedisLimiter,
+)
 
 pytestmark = pytest.mark.redis
 

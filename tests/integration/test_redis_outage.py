@@ -7,6 +7,7 @@ from collections import Counter
 
 from tests.fleet import gateway_settings, running_gateway, sim_pod
 from tests.integration.test_dataplane import fire
+from tests.support import eventually
 
 
 async def _ready(gw) -> dict:
@@ -34,10 +35,9 @@ async def test_requests_survive_a_redis_outage(tmp_path, redis_server, redis_url
             assert "fleetgate_redis_degraded 1.0" in metrics
 
             redis_server.start()
-            for _ in range(100):
+            async def recovered() -> bool:
                 await fire(gw.url, key, 2)
-                if (await _ready(gw))["status"] == "ready":
-                    break
-                await asyncio.sleep(0.1)
-            assert (await _ready(gw))["status"] == "ready"
+                return (await _ready(gw))["status"] == "ready"
+
+            await eventually(recovered, timeout=10, interval=0.1, what="readiness to recover with Redis")
             assert await fire(gw.url, key, 20) == Counter({200: 20})

@@ -15,7 +15,13 @@ import pytest
 from gateway.errors import ConfigError, Conflict, InvalidRequest, NotFound
 from gateway.store import SqlStore, Store, open_database, open_store
 from gateway.store.db import StoreUnavailable
-from gateway.store.migrations import MIGRATIONS, Migration, apply_migrations, current_version, latest_version
+from gateway.store.migrations import (
+    MIGRATIONS,
+    Migration,
+    apply_migrations,
+    current_version,
+    latest_version,
+)
 from tests.support import free_port
 
 NOW = "2026-01-01T00:00:00.000000+00:00"

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 
 import psycopg
 
 from tests.fleet import gateway_settings, running_gateway, sim_pod
 from tests.integration.test_dataplane import fire
-from tests.support import PostgresDatabase
+from tests.support import PostgresDatabase, eventually
 
 
 def _set_connections(url: str, allowed: bool) -> None:
@@ -40,10 +39,8 @@ async def test_last_good_snapshot_serves_when_store_and_redis_are_down(tmp_path,
         finally:
             _set_connections(postgres_url, True)
             redis_server.start()
-        for _ in range(100):  # the pool reconnects with a back-off: wait for it, with a deadline
-            ready = (await gw.admin.get("/v1/status/readyz")).json()
-            if ready["checks"]["store"] == "ok":
-                break
-            await asyncio.sleep(0.1)
-        assert ready["checks"]["store"] == "ok"
+        async def store_ok() -> bool:  # the pool reconnects with a back-off
+            return (await gw.admin.get("/v1/status/readyz")).json()["checks"]["store"] == "ok"
+
+        await eventually(store_ok, timeout=10, interval=0.1, what="the store to be reachable again")
         assert (await gw.admin.post("/admin/v1/organizations", json={"name": "later"})).status_code == 201

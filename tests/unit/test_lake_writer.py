@@ -12,7 +12,12 @@ import pytest
 from analytics_lake.errors import LakeInputError
 from analytics_lake.location import LakeConfig, open_lake
 from analytics_lake.synthetic import make_event
-from analytics_lake.writer import ROW_GROUP_SIZE, ndjson_file_to_table, ndjson_to_table, write_batch
+from analytics_lake.writer import (
+    ROW_GROUP_SIZE,
+    ndjson_file_to_table,
+    ndjson_to_table,
+    write_batch,
+)
 from tests.support import repo_root
 
 HOUR_US = 3_600_000_000

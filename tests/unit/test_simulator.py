@@ -27,8 +27,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from opsctl.commands import sim as sim_commands
-from opsctl.sim import CRASH_EXIT_CODE, SimConfig, count_completion_tokens, count_prompt_tokens, create_sim_app
-from tests.support import free_port, port_open, repo_root, wait_for
+from opsctl.sim import (
+    CRASH_EXIT_CODE,
+    SimConfig,
+    count_completion_tokens,
+    count_prompt_tokens,
+    create_sim_app,
+)
+from tests.support import eventually, free_port, port_open, repo_root, wait_for
 
 MODEL = "sim-model"
 MakeClient = Callable[..., Awaitable[TestClient]]
@@ -49,15 +55,6 @@ async def make_client() -> AsyncIterator[MakeClient]:
     for client in clients:
         await client.close()
 
-
-async def eventually(predicate: Callable[[], Awaitable[bool]], *, timeout: float = 5.0, what: str) -> None:
-    """Async counterpart of tests.support.wait_for (the server shares this event loop)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def chat(content: str = "hello world!", **extra: Any) -> dict[str, Any]:

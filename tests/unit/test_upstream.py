@@ -27,10 +27,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway.errors import ConfigError
-from gateway.upstream import BUFFER_LIMIT, UpstreamConnectError, UpstreamPool, UpstreamProtocolError
-from gateway.upstream import UpstreamTimeoutError
+from gateway.upstream import (
+    BUFFER_LIMIT,
+    UpstreamConnectError,
+    UpstreamPool,
+    UpstreamProtocolError,
+    UpstreamTimeoutError,
+)
 from opsctl.sim import SimConfig, create_sim_app
-from tests.support import free_port
+from tests.support import eventually, free_port
 
 MODEL = "sim-model"
 CHAT = "/v1/chat/completions"
@@ -41,15 +46,6 @@ def chat(stream: bool = False, max_tokens: int = 8) -> bytes:
     return orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hello there"}],
                          "max_tokens": max_tokens, "stream": stream})
 
-
-async def eventually(predicate: Callable[[], Awaitable[bool]], *, timeout: float = 5.0, what: str) -> None:
-    """Async counterpart of tests.support.wait_for (the servers share this event loop)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @contextlib.asynccontextmanager
