@@ -19,7 +19,13 @@ import pyarrow as pa
 from analytics_lake.errors import LakeError
 from analytics_lake.location import Lake, LakeConfig, check_name_part, open_lake
 from analytics_lake.spool_files import (
-    FlushReport, acquire_lock, convert_segment, list_segments, release_lock, segment_name, segment_stamp,
+    FlushReport,
+    acquire_lock,
+    convert_segment,
+    list_segments,
+    release_lock,
+    segment_name,
+    segment_stamp,
 )
 from analytics_lake.writer import check_event, fsync_dir
 

@@ -20,7 +20,14 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from analytics_lake.errors import LakeInputError
-from analytics_lake.location import Lake, LakeConfig, check_name_part, hour_of, open_lake, part_name
+from analytics_lake.location import (
+    Lake,
+    LakeConfig,
+    check_name_part,
+    hour_of,
+    open_lake,
+    part_name,
+)
 from analytics_lake.schema import USAGE_FIELDS, USAGE_SCHEMA
 
 ROW_GROUP_SIZE = 1_000_000

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from gateway.limits.base import BudgetRule, LimitPolicy
 from gateway.limits.redis import RedisLimiter, ScriptClient
-from gateway.redis_fast import FastRedis
+from gateway.redis.client import FastRedis
 
 PREFIX = "fgbench"
 RETURN_ONE = "return 1"

@@ -133,7 +133,7 @@ def _pool_calls(pool: UpstreamPool, url: str) -> dict[str, OneCall]:
 
 
 def _aiohttp_calls(session: aiohttp.ClientSession, url: str) -> dict[str, OneCall]:
-    """How gateway/dataplane.py called upstream before gateway/upstream/ replaced aiohttp's client."""
+    """How gateway/proxy/dataplane.py called upstream before gateway/upstream/ replaced aiohttp's client."""
     unary, stream = _payload(False), _payload(True)
     headers = {"Content-Type": "application/json", "X-Request-ID": "0123456789abcdef0123456789abcdef"}
 

@@ -16,21 +16,20 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from analytics_lake.sink import UsageSink
-from gateway import appkeys, status
-from gateway.admin import setup_admin
-from gateway.auth import Authenticator
-from gateway.dataplane import DataPlane
-from gateway.events import ChangeBus, RedisChangeBus
-from gateway.health import HealthProber, ProbeResult
+from gateway import appkeys
+from gateway.auth.authenticator import Authenticator
+from gateway.http.middleware import errors_and_request_id
 from gateway.limits import LocalLimiter, RedisLimiter
 from gateway.limits.base import Limiter
-from gateway.metrics import LimiterMetrics, Metrics
-from gateway.middleware import errors_and_request_id
-from gateway.openapi import openapi
-from gateway.redis_fast import FastRedis
-from gateway.redis_keys import RedisKeys
-from gateway.registry import STORE_ERRORS, Registry
-from gateway.routing import EndpointState
+from gateway.observability.metrics import LimiterMetrics, Metrics
+from gateway.proxy.dataplane import DataPlane
+from gateway.redis.bus import ChangeBus, RedisChangeBus
+from gateway.redis.client import FastRedis
+from gateway.redis.keyspace import RedisKeys
+from gateway.routes import add_routes
+from gateway.routing.balancer import EndpointState
+from gateway.routing.health import HealthProber, ProbeResult
+from gateway.routing.registry import STORE_ERRORS, Registry
 from gateway.settings import Settings
 from gateway.store import open_store
 from gateway.store.base import Store
@@ -48,33 +47,6 @@ def build_limiter(settings: Settings, redis: FastRedis | None, metrics: Metrics)
     return RedisLimiter(redis, prefix=settings.redis_prefix, lease_s=settings.reservation_lease_s,
                         timeout_s=settings.redis_timeout_ms / 1000.0, fallback=local,
                         outage_policy=settings.limits_outage_policy, hooks=hooks)
-
-
-async def chat(request: web.Request) -> web.StreamResponse:
-    return await request.app[appkeys.DATAPLANE].handle(request, "chat", "/v1/chat/completions")
-
-
-async def completions(request: web.Request) -> web.StreamResponse:
-    return await request.app[appkeys.DATAPLANE].handle(request, "completions", "/v1/completions")
-
-
-async def embeddings(request: web.Request) -> web.StreamResponse:
-    return await request.app[appkeys.DATAPLANE].handle(request, "embeddings", "/v1/embeddings")
-
-
-async def list_models(request: web.Request) -> web.Response:
-    """OpenAI's model list: only the models this key may use, in its environment."""
-    dataplane = request.app[appkeys.DATAPLANE]
-    info = await dataplane.auth.authenticate(request.headers.get("Authorization"))
-    env = info.key.environment or dataplane.settings.default_environment
-    data = [
-        {"id": r.model.name, "object": "model", "created": int(r.model.created_at.timestamp()),
-         "owned_by": "fleetgate"}
-        for r in dataplane.registry.routes(env)
-        if r.model.status == "active" and info.may_use(r.model.name)
-    ]
-    data.sort(key=lambda m: m["id"])
-    return web.json_response({"object": "list", "data": data})
 
 
 def _health_writer(store: Store):  # noqa: ANN202 - returns the prober callback
@@ -197,15 +169,5 @@ def create_app(
             yield
 
     app.cleanup_ctx.append(resources)
-    r = app.router
-    r.add_post("/v1/chat/completions", chat)
-    r.add_post("/v1/inference", chat)
-    r.add_post("/v1/completions", completions)
-    r.add_post("/v1/embeddings", embeddings)
-    r.add_get("/v1/models", list_models)
-    r.add_get("/v1/status/healthz", status.healthz)
-    r.add_get("/v1/status/readyz", status.readyz)
-    r.add_get("/metrics", status.metrics)
-    setup_admin(app)
-    r.add_get("/openapi.json", openapi)
+    add_routes(app)
     return app

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from gateway.auth import Authenticator
-    from gateway.dataplane import DataPlane
-    from gateway.events import ChangeBus
-    from gateway.metrics import Metrics
-    from gateway.registry import Registry
+    from gateway.auth.authenticator import Authenticator
+    from gateway.observability.metrics import Metrics
+    from gateway.proxy.dataplane import DataPlane
+    from gateway.redis.bus import ChangeBus
+    from gateway.routing.registry import Registry
     from gateway.settings import Settings
     from gateway.store.base import Store
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import httpx
 
+from gateway.auth.secrets import generate_admin_token
 from gateway.errors import FleetgateError
-from gateway.keys import generate_admin_token
 from gateway.settings import Settings
 from opsctl.client import ADMIN_TOKEN_FILE, AdminClient
 

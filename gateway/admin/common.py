@@ -9,8 +9,8 @@ import orjson
 from aiohttp import web
 
 from gateway import appkeys
+from gateway.auth.secrets import tokens_equal
 from gateway.errors import AuthenticationFailed, InvalidRequest, json_object
-from gateway.keys import tokens_equal
 
 _MISSING = object()
 

@@ -9,8 +9,8 @@ from aiohttp import web
 
 from gateway import appkeys
 from gateway.admin.common import field, json_body, reply, require_admin, string_list
+from gateway.auth.secrets import generate_api_key
 from gateway.errors import InvalidRequest
-from gateway.keys import generate_api_key
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _DURATION_RE = re.compile(r"^(\d+)([smhdw])$")

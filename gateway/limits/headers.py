@@ -7,8 +7,8 @@ Both limiters report per-limit readings; this module picks the tightest limit pe
 from __future__ import annotations
 
 import math
-from math import ceil
 from collections.abc import Iterable
+from math import ceil
 from typing import NamedTuple
 
 KINDS = {"rpm": "requests", "tpm": "tokens"}

@@ -11,9 +11,16 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from gateway.errors import InvalidRequest
-from gateway.limits.base import BudgetRule, BudgetSlot, BudgetStatus, LimiterHooks, LimitPolicy, Reservation
+from gateway.limits.base import (
+    BudgetRule,
+    BudgetSlot,
+    BudgetStatus,
+    LimiterHooks,
+    LimitPolicy,
+    Reservation,
+)
 from gateway.limits.gcra import admit, backlog, correct, remaining, to_ms
-from gateway.limits.keys import KeySpace
+from gateway.limits.keyspace import KeySpace
 from gateway.limits.plan import (
     OVER_BUDGET,
     RATE_LIMITED,

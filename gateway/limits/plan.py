@@ -12,9 +12,22 @@ import os
 from typing import Any, NamedTuple, NoReturn
 
 from gateway.errors import InsufficientQuota, InvalidRequest, RateLimited
-from gateway.limits.base import BudgetRule, BudgetSlot, BudgetStatus, LimiterHooks, LimitPolicy, Reservation, TokenSlot
-from gateway.limits.headers import Reading, header_groups, retry_headers, tightest_headers
-from gateway.limits.keys import KeySpace
+from gateway.limits.base import (
+    BudgetRule,
+    BudgetSlot,
+    BudgetStatus,
+    LimiterHooks,
+    LimitPolicy,
+    Reservation,
+    TokenSlot,
+)
+from gateway.limits.headers import (
+    Reading,
+    header_groups,
+    retry_headers,
+    tightest_headers,
+)
+from gateway.limits.keyspace import KeySpace
 from gateway.limits.periods import PeriodCalendar, PeriodWindow
 
 OK, RATE_LIMITED, OVER_BUDGET = 0, 1, 2

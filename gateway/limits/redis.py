@@ -29,7 +29,7 @@ from gateway.limits.base import (
     Reservation,
 )
 from gateway.limits.gcra import EPOCH_BASE_MS, to_ms
-from gateway.limits.keys import KeySpace
+from gateway.limits.keyspace import KeySpace
 from gateway.limits.local import LocalLimiter
 from gateway.limits.plan import (
     OK,

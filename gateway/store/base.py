@@ -11,7 +11,15 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from gateway.store.models import ApiKey, AuditEntry, Budget, Endpoint, Model, Organization, RegistryEntry
+from gateway.store.models import (
+    ApiKey,
+    AuditEntry,
+    Budget,
+    Endpoint,
+    Model,
+    Organization,
+    RegistryEntry,
+)
 
 
 class Store(Protocol):

@@ -14,7 +14,14 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from gateway.store.db import ForeignKeyViolation, IntegrityViolation, Params, Row, StoreUnavailable, UniqueViolation
+from gateway.store.db import (
+    ForeignKeyViolation,
+    IntegrityViolation,
+    Params,
+    Row,
+    StoreUnavailable,
+    UniqueViolation,
+)
 
 
 def to_pyformat(sql: str) -> str:

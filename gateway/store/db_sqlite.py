@@ -15,7 +15,14 @@ from typing import Any
 
 import aiosqlite
 
-from gateway.store.db import ForeignKeyViolation, IntegrityViolation, Params, Row, StoreUnavailable, UniqueViolation
+from gateway.store.db import (
+    ForeignKeyViolation,
+    IntegrityViolation,
+    Params,
+    Row,
+    StoreUnavailable,
+    UniqueViolation,
+)
 
 MEMORY = ":memory:"
 # SQLite extended error names that mean "try again later / the disk", not "your SQL is wrong".

@@ -12,7 +12,14 @@ from typing import Any
 import orjson
 
 from gateway.store.db import Row
-from gateway.store.models import ApiKey, AuditEntry, Budget, Endpoint, Model, Organization
+from gateway.store.models import (
+    ApiKey,
+    AuditEntry,
+    Budget,
+    Endpoint,
+    Model,
+    Organization,
+)
 
 
 def encode_time(value: datetime) -> str:

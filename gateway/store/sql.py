@@ -13,7 +13,13 @@ from typing import Any
 from gateway.errors import Conflict, InvalidRequest, NotFound
 from gateway.store import ids
 from gateway.store import validation as check
-from gateway.store.db import Database, ForeignKeyViolation, Row, Session, UniqueViolation
+from gateway.store.db import (
+    Database,
+    ForeignKeyViolation,
+    Row,
+    Session,
+    UniqueViolation,
+)
 from gateway.store.migrations import apply_migrations, current_version
 from gateway.store.models import (
     BUDGET_PERIODS,

@@ -5,7 +5,11 @@ over a per-host LIFO keep-alive pool, one asyncio.Protocol per connection, parse
 """
 
 from gateway.upstream.connection import BUFFER_LIMIT, UpstreamResponse
-from gateway.upstream.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeoutError
+from gateway.upstream.errors import (
+           UpstreamConnectError,
+           UpstreamProtocolError,
+           UpstreamTimeoutError,
+)
 from gateway.upstream.pool import PoolStats, UpstreamPool
 
 __all__ = ["BUFFER_LIMIT", "PoolStats", "UpstreamConnectError", "UpstreamPool", "UpstreamProtocolError",

@@ -14,7 +14,11 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.errors import UpstreamError, UpstreamTimeout
-from gateway.upstream.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeoutError
+from gateway.upstream.errors import (
+    UpstreamConnectError,
+    UpstreamProtocolError,
+    UpstreamTimeoutError,
+)
 
 if TYPE_CHECKING:
     from gateway.upstream.pool import UpstreamPool

@@ -11,7 +11,14 @@ import typer
 
 from opsctl.bench import BenchConfig, Endpoint, run_bench_sync, table_rows
 from opsctl.bench.config import DEFAULT_MAX_IN_FLIGHT, DEFAULT_PROMPT
-from opsctl.common import EXIT_FAILED, CliError, Output, OutputOpt, handle_errors, render
+from opsctl.common import (
+    EXIT_FAILED,
+    CliError,
+    Output,
+    OutputOpt,
+    handle_errors,
+    render,
+)
 
 
 @handle_errors

@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from opsctl.common import ConfigOpt, GatewayOpt, Output, OutputOpt, TokenOpt, admin_client, fail, handle_errors, render
+from opsctl.common import (
+    ConfigOpt,
+    GatewayOpt,
+    Output,
+    OutputOpt,
+    TokenOpt,
+    admin_client,
+    fail,
+    handle_errors,
+    render,
+)
 
 budget_app = typer.Typer(help="Budgets (USD per day, month or in total).", no_args_is_help=True)
 

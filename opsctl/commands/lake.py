@@ -21,11 +21,11 @@ import typer
 
 from analytics_lake.compaction import compact, verify
 from analytics_lake.errors import LakeError, LakeInputError
-from gateway.usage import lake_config
 from analytics_lake.query import LakeQuery
 from analytics_lake.redis_stream import DEFAULT_GROUP, DEFAULT_STREAM, LakeWriter
 from analytics_lake.spool_files import flush_spool_tree
 from gateway.settings import Settings, load_settings
+from gateway.usage import lake_config
 from opsctl.common import (
     EXIT_FAILED,
     EXIT_USAGE,

@@ -6,7 +6,17 @@ from typing import Annotated
 
 import typer
 
-from opsctl.common import ConfigOpt, GatewayOpt, Output, OutputOpt, TokenOpt, admin_client, fail, handle_errors, render
+from opsctl.common import (
+    ConfigOpt,
+    GatewayOpt,
+    Output,
+    OutputOpt,
+    TokenOpt,
+    admin_client,
+    fail,
+    handle_errors,
+    render,
+)
 
 org_app = typer.Typer(help="Organizations.", no_args_is_help=True)
 key_app = typer.Typer(help="API keys (the secret is shown once, at creation).", no_args_is_help=True)

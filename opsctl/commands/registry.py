@@ -7,7 +7,17 @@ from typing import Annotated, Any
 import typer
 
 from opsctl.client import AdminClient
-from opsctl.common import ConfigOpt, GatewayOpt, Output, OutputOpt, TokenOpt, admin_client, fail, handle_errors, render
+from opsctl.common import (
+    ConfigOpt,
+    GatewayOpt,
+    Output,
+    OutputOpt,
+    TokenOpt,
+    admin_client,
+    fail,
+    handle_errors,
+    render,
+)
 
 registry_app = typer.Typer(help="The model registry.", no_args_is_help=True)
 

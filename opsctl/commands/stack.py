@@ -26,7 +26,7 @@ def gateway_serve(
         fail(f"--workers must be >= 1, got {workers}")
     settings = load_cli_settings(config, host=host, port=port, workers=workers)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from gateway.server import serve
+    from gateway.http.server import serve
 
     serve(settings)
 

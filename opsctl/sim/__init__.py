@@ -6,7 +6,11 @@ OpenAI routes, SSE with usage chunks, vLLM metrics, a latency model and fault in
 from opsctl.sim.config import SimConfig
 from opsctl.sim.runner import CRASH_EXIT_CODE, run_sim
 from opsctl.sim.server import SIM_ENGINE, create_sim_app
-from opsctl.sim.tokens import count_completion_tokens, count_prompt_tokens, plan_completion
+from opsctl.sim.tokens import (
+    count_completion_tokens,
+    count_prompt_tokens,
+    plan_completion,
+)
 
 __all__ = [
     "CRASH_EXIT_CODE",

@@ -9,7 +9,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-
 from gateway.errors import InvalidRequest, NotFound, json_object
 from opsctl.sim.config import SimConfig
 from opsctl.sim.tokens import chat_prompt_tokens, plan_completion, prompt_tokens

@@ -16,8 +16,20 @@ from gateway.errors import FleetgateError, ServiceUnavailable
 from opsctl.sim.config import SimConfig
 from opsctl.sim.engine import SimEngine
 from opsctl.sim.faults import Fault
-from opsctl.sim.protocol import Generation, parse_chat, parse_completion, parse_embedding, read_body
-from opsctl.sim.responses import ChunkFormat, chat_body, completion_body, embedding_body, models_body
+from opsctl.sim.protocol import (
+    Generation,
+    parse_chat,
+    parse_completion,
+    parse_embedding,
+    read_body,
+)
+from opsctl.sim.responses import (
+    ChunkFormat,
+    chat_body,
+    completion_body,
+    embedding_body,
+    models_body,
+)
 
 SIM_ENGINE = web.AppKey("sim_engine", SimEngine)
 SIM_VLLM_VERSION = "0.11.0+fleetgate.sim"

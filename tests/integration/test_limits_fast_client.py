@@ -13,7 +13,7 @@ import pytest
 
 from gateway.errors import InsufficientQuota, RateLimited, ServiceUnavailable
 from gateway.limits import BudgetRule, LimitPolicy, RedisLimiter
-from gateway.redis_fast import FastRedis
+from gateway.redis.client import FastRedis
 from tests.integration import test_limits_contract as contract
 
 pytestmark = pytest.mark.redis

@@ -24,7 +24,7 @@ from redis.exceptions import (
 )
 
 from gateway.errors import InvalidRequest
-from gateway.redis_fast import FastRedis
+from gateway.redis.client import FastRedis
 from tests.support import free_port, port_open, wait_for
 
 pytestmark = pytest.mark.redis

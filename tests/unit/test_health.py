@@ -12,9 +12,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 
 from gateway.errors import ConfigError
-from gateway.health import HealthProber, PassiveHealth, ProbeResult
-from gateway.routing import Balancer, EndpointState, acquire
-from gateway.vllm_metrics import VllmLoad, parse_vllm_metrics
+from gateway.routing.balancer import Balancer, EndpointState, acquire
+from gateway.routing.health import HealthProber, PassiveHealth, ProbeResult
+from gateway.routing.vllm_metrics import VllmLoad, parse_vllm_metrics
 from tests.support import free_port
 from tests.unit.test_routing import endpoint
 

@@ -10,7 +10,7 @@ from gateway.errors import InvalidRequest
 from gateway.limits import BudgetRule, LimitPolicy, LocalLimiter
 from gateway.limits.gcra import WINDOW_MS, admit, backlog, correct, remaining
 from gateway.limits.headers import Reading, duration, ratelimit_headers, retry_headers
-from gateway.limits.keys import KeySpace
+from gateway.limits.keyspace import KeySpace
 from gateway.limits.periods import PeriodCalendar, period_window
 from gateway.store.models import Budget
 

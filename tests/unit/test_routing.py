@@ -8,7 +8,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from gateway.routing import Balancer, EndpointState, StateTable, acquire, release
+from gateway.routing.balancer import (
+    Balancer,
+    EndpointState,
+    StateTable,
+    acquire,
+    release,
+)
 from gateway.store.models import Endpoint
 
 NOW = 1000.0

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from analytics_lake.sink import UsageSink
 from gateway.appkeys import REQUEST_ID
-from gateway.auth import Authenticator, KeyInfo
+from gateway.auth.authenticator import Authenticator, KeyInfo
 from gateway.errors import (
     FleetgateError,
     InvalidRequest,
@@ -30,15 +30,15 @@ from gateway.errors import (
     UpstreamTimeout,
     json_object,
 )
-from gateway.health import PassiveHealth
 from gateway.limits.base import BudgetRule, Limiter, LimitPolicy, Reservation
 from gateway.limits.pricing import cost_micros, estimate_prompt_tokens
-from gateway.metrics import Metrics
-from gateway.registry import Registry, Route
-from gateway.routing import Balancer, EndpointState, acquire
+from gateway.observability.metrics import Metrics
+from gateway.proxy.streaming import SseRelay
+from gateway.routing.balancer import Balancer, EndpointState, acquire
+from gateway.routing.health import PassiveHealth
+from gateway.routing.registry import Registry, Route
 from gateway.settings import Settings
 from gateway.store.base import Store
-from gateway.streaming import SseRelay
 from gateway.upstream import (
     UpstreamConnectError,
     UpstreamPool,

@@ -25,8 +25,12 @@ from redis.exceptions import (
     RedisError,
     ResponseError,
 )
-from redis.exceptions import ConnectionError as RedisConnectionError  # redis-py's own, so RedisLimiter's
-from redis.exceptions import TimeoutError as RedisTimeoutError  # outage handling applies unchanged
+from redis.exceptions import (
+    ConnectionError as RedisConnectionError,  # redis-py's own, so RedisLimiter's
+)
+from redis.exceptions import (
+    TimeoutError as RedisTimeoutError,  # outage handling applies unchanged
+)
 
 from gateway.errors import InvalidRequest
 

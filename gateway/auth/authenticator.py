@@ -18,10 +18,10 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from gateway.auth.secrets import hash_api_key, tokens_equal
 from gateway.errors import AuthenticationFailed, NotFound
-from gateway.events import RESYNC
-from gateway.keys import hash_api_key, tokens_equal
-from gateway.redis_keys import RedisKeys
+from gateway.redis.bus import RESYNC
+from gateway.redis.keyspace import RedisKeys
 from gateway.store.base import Store
 from gateway.store.models import ApiKey, Budget, Organization
 

@@ -1,6 +1,6 @@
 """Benchmark: reserve+settle pairs per second and client CPU per pair, Redis and in-process.
 
-Run: python -m gateway.limits.bench --redis-url redis://127.0.0.1:6379/15 [--pairs 20000] [--client fast]
+Run: python -m benchmarks.limits --redis-url redis://127.0.0.1:6379/15 [--pairs 20000] [--client fast]
 (it writes keys under the prefix "fgbench" and deletes them afterwards).
 """
 
@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from gateway.limits.base import BudgetRule, Limiter, LimitPolicy
 from gateway.limits.local import LocalLimiter
 from gateway.limits.redis import RedisLimiter
-from gateway.redis_fast import FastRedis
+from gateway.redis.client import FastRedis
 
 PREFIX = "fgbench"
 

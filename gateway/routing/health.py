@@ -17,8 +17,8 @@ import aiohttp
 from yarl import URL
 
 from gateway.errors import ConfigError
-from gateway.routing import EndpointState
-from gateway.vllm_metrics import parse_vllm_metrics
+from gateway.routing.balancer import EndpointState
+from gateway.routing.vllm_metrics import parse_vllm_metrics
 
 log = logging.getLogger(__name__)
 

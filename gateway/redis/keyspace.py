@@ -1,7 +1,7 @@
 """Every Redis key and channel name the gateway uses, in one place, under one prefix.
 
 Keys that belong to one org carry the hash tag `{org_id}` so an org's keys live in one
-Redis Cluster slot (the budget and rate-limit keys are named in gateway/limits/keys.py).
+Redis Cluster slot (the budget and rate-limit keys are named in gateway/limits/keyspace.py).
 """
 
 from __future__ import annotations

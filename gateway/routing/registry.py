@@ -19,10 +19,10 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.events import RESYNC
-from gateway.metrics import Metrics
-from gateway.redis_keys import RedisKeys
-from gateway.routing import EndpointState
+from gateway.observability.metrics import Metrics
+from gateway.redis.bus import RESYNC
+from gateway.redis.keyspace import RedisKeys
+from gateway.routing.balancer import EndpointState
 from gateway.store.base import Store
 from gateway.store.models import Endpoint, Model, RegistryEntry
 

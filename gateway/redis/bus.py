@@ -17,7 +17,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.redis_keys import RedisKeys
+from gateway.redis.keyspace import RedisKeys
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from gateway import appkeys
-from gateway.metrics import CONTENT_TYPE
-from gateway.registry import STORE_ERRORS
+from gateway.observability.metrics import CONTENT_TYPE
+from gateway.routing.registry import STORE_ERRORS
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -1,0 +1,1 @@
+"""Where a request goes: the registry snapshot, endpoint health and vLLM load, the balancer."""
