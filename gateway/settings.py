@@ -23,6 +23,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "usage_sink": ("spool", "redis-stream", "none"),
     "limits_outage_policy": ("local", "fail-closed", "fail-open"),
     "log_level": ("debug", "info", "warning", "error"),
+    "log_format": ("json", "text"),
 }
 
 
@@ -48,7 +49,14 @@ class Settings:
     default_environment: str = "production"
     max_body_bytes: int = 4 * 1024 * 1024
     upstream_connect_timeout_s: float = 5.0
-    upstream_timeout_s: float = 600.0
+    upstream_timeout_s: float = 600.0  # silence from a pod mid-response; also the hard cap of any request
+    # Time to the first byte of an answer (streams: the first event). Non-streamed answers also get
+    # upstream_token_timeout_ms per output token they may produce. Per model: metadata
+    # first_byte_timeout_s / token_timeout_ms.
+    upstream_first_byte_timeout_s: float = 30.0
+    upstream_token_timeout_ms: float = 200.0
+    upstream_max_connections_per_host: int = 256  # more requests queue for a connection
+    upstream_queue_timeout_s: float = 5.0  # longest wait for a connection slot before 503
     max_attempts: int = 3
     health_interval_s: float = 5.0
     eject_after_failures: int = 3
@@ -63,6 +71,14 @@ class Settings:
     limits_outage_policy: str = "local"
     reservation_lease_s: int = 900
     log_level: str = "info"
+    log_format: str = "json"  # json lines (one object per line) or text
+    access_log: bool = True  # one line per request: id, org, key id, model, endpoint, status, times
+    metrics_token: str | None = None  # when set, GET /metrics needs "Authorization: Bearer <token>"
+    header_read_timeout_s: float = 10.0  # a client must send a request's headers within this
+    body_read_timeout_s: float = 30.0  # ... and its body within this
+    keepalive_timeout_s: float = 75.0  # idle keep-alive connections are closed after this
+    max_connections: int = 4096  # open client connections per worker; more are refused
+    auth_negative_ttl_s: float = 5.0  # how long an unknown API key is remembered as unknown
 
     def __post_init__(self) -> None:
         for name, allowed in _CHOICES.items():
@@ -74,13 +90,19 @@ class Settings:
             if not 0 <= value <= 65535:
                 raise ConfigError(f"setting {name}={value!r} is invalid: expected a port 0-65535")
         for name in ("workers", "max_body_bytes", "max_attempts", "registry_ttl_s", "spool_segment_bytes",
-                     "eject_after_failures", "reservation_lease_s", "lake_flush_rows"):
+                     "eject_after_failures", "reservation_lease_s", "lake_flush_rows",
+                     "upstream_max_connections_per_host", "max_connections"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"setting {name}={getattr(self, name)!r} is invalid: expected a positive integer")
         for name in ("upstream_connect_timeout_s", "upstream_timeout_s", "health_interval_s", "eject_cooldown_s",
-                     "lake_flush_s"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"setting {name}={getattr(self, name)!r} is invalid: expected a positive number")
+                     "lake_flush_s", "upstream_first_byte_timeout_s", "upstream_queue_timeout_s",
+                     "header_read_timeout_s", "body_read_timeout_s", "keepalive_timeout_s"):
+            value = getattr(self, name)
+            if not 0 < value < float("inf"):  # also refuses NaN
+                raise ConfigError(f"setting {name}={value!r} is invalid: expected a positive number")
+        if not 0 <= self.upstream_token_timeout_ms < float("inf") or not 0 <= self.auth_negative_ttl_s < 3600:
+            raise ConfigError("setting upstream_token_timeout_ms/auth_negative_ttl_s is invalid: "
+                              "expected a non-negative number (auth_negative_ttl_s below 3600)")
         if self.spool_fsync_ms < 0 or self.redis_timeout_ms < 1:
             raise ConfigError("setting spool_fsync_ms/redis_timeout_ms is invalid: expected a non-negative number")
         if not self.database_url:
@@ -104,7 +126,7 @@ class Settings:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("admin_token", "s3_secret_key") and value:
+            if f.name in ("admin_token", "s3_secret_key", "metrics_token") and value:
                 value = "***"
             out[f.name] = str(value) if isinstance(value, Path) else value
         return out
