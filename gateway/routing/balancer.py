@@ -31,6 +31,8 @@ class EndpointState:
     once it has passed the endpoint is half-open and `half_open` is True while its single
     trial request is in flight. `healthy` is the last active probe's verdict (optimistic
     until the first probe); `waiting`, `running` and `kv_usage` come from the pod's metrics.
+    `served_model` is the name the pod serves the model under, read from its /v1/models by the
+    prober: send it upstream as `model` (None: unknown, send the registry name).
     Assigning `endpoint` (a new registry record) refreshes the cached `id`, `weight`,
     `release` and `routable` that the balancer reads on the hot path.
     """
@@ -38,12 +40,13 @@ class EndpointState:
     __slots__ = (
         "_endpoint", "id", "weight", "release", "routable", "hrw_seed", "model_name", "in_flight",
         "consecutive_failures", "ejected_until", "cooldown_s", "half_open", "healthy", "probe_failures",
-        "waiting", "running", "kv_usage",
+        "waiting", "running", "kv_usage", "served_model",
     )
 
     def __init__(self, endpoint: Endpoint, model_name: str | None = None) -> None:
         self.endpoint = endpoint
-        self.model_name = model_name  # vLLM `model_name` label to read metrics for, if known
+        self.model_name = model_name  # the registry's model name: what the prober expects the pod to serve
+        self.served_model: str | None = None
         self.in_flight = 0
         self.consecutive_failures = 0
         self.ejected_until = 0.0

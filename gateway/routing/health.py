@@ -1,4 +1,4 @@
-"""Endpoint health: passive ejection from live traffic and active probes of /health and /metrics.
+"""Endpoint health: passive ejection from live traffic and active probes of /health, /metrics, /v1/models.
 
 Both only update `EndpointState`; the balancer reads it, the caller persists what it needs.
 """
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import aiohttp
+import orjson
 from yarl import URL
 
 from gateway.errors import ConfigError
@@ -109,6 +110,8 @@ class ProbeResult:
     kv_usage: float | None
     latency_ms: float
     checked_at: datetime  # UTC wall clock, for the registry's last_checked_at
+    served_model: str | None = None  # the name to send upstream as `model`; None: the registry's
+    served_models: tuple[str, ...] | None = None  # what /v1/models listed; None: not read this time
 
     @property
     def summary(self) -> str:
@@ -128,11 +131,36 @@ def _base_url(url: str) -> URL:
     return parsed.with_path(path + "/", encoded=False).with_query(None).with_fragment(None)
 
 
+_MAX_MODELS = 64  # names read from one /v1/models answer; a pod serves a handful
+
+
+def served_model(expected: str | None, listed: tuple[str, ...]) -> tuple[str | None, str | None]:
+    """Which name to send to a pod that lists `listed` in /v1/models, when the registry expects `expected`.
+
+    Returns:
+        (served name or None, reason the pod cannot serve the model or None). The registry
+        name when listed; the only listed name when there is one; none of several: a reason.
+    """
+    if expected is not None and expected in listed:
+        return expected, None
+    if len(listed) == 1:
+        return listed[0], None
+    if not listed or expected is None:
+        return None, None  # no listing (404, empty) or nothing to compare with: the registry name, as before
+    shown = ", ".join(name[:64] for name in listed[:5]) + (", ..." if len(listed) > 5 else "")
+    return None, f"serves {shown}; not {expected}"
+
+
 class HealthProber:
-    """Probes every endpoint's `/health` and `/metrics` on an interval and updates its state.
+    """Probes every endpoint's `/health`, `/metrics` and `/v1/models` on an interval and updates its state.
 
     `/health` decides health (200 healthy; anything else, a timeout or a connection error
     unhealthy); `/metrics` only feeds load figures and never marks an endpoint unhealthy.
+    `/v1/models` tells the name the pod serves the model under (vLLM 404s any other): the
+    registry name when listed, else the pod's only name (`EndpointState.served_model`); a pod
+    listing several names, none of them the registry's, is unhealthy. A pod without the route
+    (404) is probed as before; an unreadable listing (timeout, garbage) keeps what was known.
+    Every probe reads all three: a pod restarted under another name is caught within one interval.
     An endpoint becomes unavailable after `failure_threshold` failed probes in a row and
     available again after one good probe. Passive ejections are left alone: a 200 from
     `/health` does not prove the engine serves (vLLM #36960), only a trial request does.
@@ -165,18 +193,23 @@ class HealthProber:
     async def probe(self, state: EndpointState) -> ProbeResult:
         """Check one endpoint without changing its state."""
         started = time.perf_counter()
+        listed: tuple[str, ...] | None = None
         try:
             base = _base_url(state.endpoint.url)
         except ValueError:  # e.g. a port out of range: the registry let a bad URL through
             status, error, metrics = None, "invalid URL", None
         else:
             async with self._limit:
-                (status, error), metrics = await asyncio.gather(
-                    self._health(base / "health"), self._metrics(base / "metrics")
+                (status, error), metrics, listed = await asyncio.gather(
+                    self._health(base / "health"), self._metrics(base / "metrics"), self._models(base / "v1/models")
                 )
-        load = parse_vllm_metrics(metrics, state.model_name) if metrics is not None else None
+        served, mismatch = (state.served_model, None) if listed is None else served_model(state.model_name, listed)
+        if error is None:
+            error = mismatch
+        # vLLM labels its series with the served name; without one, the registry name (or all series).
+        load = parse_vllm_metrics(metrics, served or state.model_name) if metrics is not None else None
         return ProbeResult(
-            healthy=status == 200,
+            healthy=status == 200 and mismatch is None,
             status=status,
             error=error,
             waiting=load.waiting if load else None,
@@ -184,13 +217,16 @@ class HealthProber:
             kv_usage=load.kv_usage if load else None,
             latency_ms=(time.perf_counter() - started) * 1000.0,
             checked_at=datetime.now(UTC),
+            served_model=served,
+            served_models=listed,
         )
 
     def apply(self, state: EndpointState, result: ProbeResult) -> None:
-        """Fold a probe result into `state` (load figures always, health with the threshold)."""
+        """Fold a probe result into `state` (load figures and served name always, health with the threshold)."""
         state.waiting = result.waiting
         state.running = result.running
         state.kv_usage = result.kv_usage
+        state.served_model = result.served_model
         if result.healthy:
             state.probe_failures = 0
             state.healthy = True
@@ -248,6 +284,25 @@ class HealthProber:
             return None, "timeout"
         except (aiohttp.ClientError, OSError) as e:
             return None, type(e).__name__
+
+    async def _models(self, url: URL) -> tuple[str, ...] | None:
+        """Model ids in /v1/models: () when the pod has no such route (404), None when unreadable now."""
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+        try:
+            async with self.session.get(url, timeout=timeout, allow_redirects=False) as response:
+                if response.status in (404, 405):
+                    return ()
+                if response.status != 200:
+                    return None
+                body = await response.read()
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return None  # the /health probe reports the pod's reachability
+        try:
+            data = orjson.loads(body)["data"]
+            names = tuple(entry["id"] for entry in data[:_MAX_MODELS])
+        except (orjson.JSONDecodeError, KeyError, TypeError, IndexError):
+            return None
+        return names if all(isinstance(name, str) and name for name in names) else None
 
     async def _metrics(self, url: URL) -> str | None:
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)

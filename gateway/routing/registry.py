@@ -135,9 +135,10 @@ class Registry:
         for ep in entry.endpoints:
             state = previous.get(ep.id)
             if state is None:
-                state = EndpointState(endpoint=ep)
+                state = EndpointState(endpoint=ep, model_name=entry.model.name)
             else:
                 state.endpoint = ep  # keep in-flight counts and ejection across reloads
+                state.model_name = entry.model.name
             states.append(state)
         self._routes[key] = Route(model=entry.model, states=states)
 

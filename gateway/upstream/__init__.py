@@ -8,9 +8,11 @@ from gateway.upstream.connection import BUFFER_LIMIT, UpstreamResponse
 from gateway.upstream.errors import (
            UpstreamConnectError,
            UpstreamProtocolError,
+           UpstreamSaturated,
            UpstreamTimeoutError,
 )
+from gateway.upstream.hosts import HostStats
 from gateway.upstream.pool import PoolStats, UpstreamPool
 
-__all__ = ["BUFFER_LIMIT", "PoolStats", "UpstreamConnectError", "UpstreamPool", "UpstreamProtocolError",
-           "UpstreamResponse", "UpstreamTimeoutError"]
+__all__ = ["BUFFER_LIMIT", "HostStats", "PoolStats", "UpstreamConnectError", "UpstreamPool",
+           "UpstreamProtocolError", "UpstreamResponse", "UpstreamSaturated", "UpstreamTimeoutError"]

@@ -190,7 +190,7 @@ class Connection(asyncio.Protocol):
     """
 
     __slots__ = ("pool", "key", "loop", "transport", "parser", "resp", "closed", "paused", "idle", "idle_since",
-                 "timer")
+                 "timer", "counted")
 
     def __init__(self, pool: UpstreamPool, key: tuple[str, str, int], loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
@@ -204,6 +204,7 @@ class Connection(asyncio.Protocol):
         self.idle = False
         self.idle_since = 0.0
         self.timer: asyncio.TimerHandle | None = None
+        self.counted = True  # holds one of its host's slots until it closes (pool.release_slot)
 
     def send(self, data: bytes) -> UpstreamResponse:
         now = self.loop.time()
@@ -218,6 +219,8 @@ class Connection(asyncio.Protocol):
             self.closed = True
             if self.transport is not None:
                 self.transport.abort()
+        if self.counted:  # now, not at connection_lost: a queued request may connect at once
+            self.pool.release_slot(self)
 
     def pause(self) -> None:
         if not self.paused and not self.closed and self.transport is not None:

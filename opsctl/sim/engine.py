@@ -1,7 +1,7 @@
-"""The simulated vLLM engine: admission (running/waiting), the latency model, and streaming.
+"""The simulated vLLM engine: admission (running/waiting), the latency model, streaming, hung answers.
 
-Token k of an admitted request is due at admit + ttft + k / tokens_per_s; every token that
-is due is written in one go, so a fast stream costs a few writes, not one per token.
+Token k of an admitted request is due at admit + ttft + k / tokens_per_s (every sequence of
+a request decodes in parallel); all tokens due are written in one go, not one write per token.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from opsctl.sim.config import SimConfig
 from opsctl.sim.faults import FaultInjector
 from opsctl.sim.metrics import SimMetrics
 from opsctl.sim.protocol import Generation
-from opsctl.sim.responses import DONE, ChunkFormat
+from opsctl.sim.responses import DONE, GARBAGE_EVENT, GARBAGE_PAGE, ChunkFormat
 from opsctl.sim.tokens import TokenText
 
 HANG_POLL_S = 0.25  # how often a hung request checks whether its client gave up
@@ -32,7 +32,7 @@ class SimEngine:
 
     def __init__(self, config: SimConfig, *, on_crash: Callable[[], None] | None = None) -> None:
         self.config = config
-        self.metrics = SimMetrics(config.model, config.max_num_seqs)
+        self.metrics = SimMetrics(config.served_names[0], config.max_num_seqs)  # vLLM labels the first name
         self.faults = FaultInjector(config)
         self.text = TokenText(config.max_model_len)
         self.created = int(time.time())
@@ -72,6 +72,23 @@ class SimEngine:
             self.metrics.running -= 1
         raise ServiceUnavailable("simulator is shutting down", code="shutting_down")
 
+    async def hang_after_headers(self, request: web.Request) -> web.StreamResponse:
+        """A stream that never starts: 200 and SSE headers, then silence until the client leaves."""
+        response = web.StreamResponse(headers=SSE_HEADERS)
+        await response.prepare(request)
+        with contextlib.suppress(ServiceUnavailable):  # shutting down: the headers are out, just end
+            await self.hang(request)
+        return response
+
+    async def garbage(self, request: web.Request, *, stream: bool) -> web.StreamResponse:
+        """A 200 that is not what vLLM sends: an HTML page, or on a stream one line that is no SSE event."""
+        if not stream:
+            return web.Response(body=GARBAGE_PAGE, content_type="text/html")
+        response = web.StreamResponse(headers=SSE_HEADERS)
+        await response.prepare(request)
+        await response.write(GARBAGE_EVENT)
+        return response
+
     async def _admit(self) -> None:
         metrics = self.metrics
         metrics.waiting += 1
@@ -85,8 +102,8 @@ class SimEngine:
         self.metrics.running -= 1
         self._slots.release()
 
-    async def complete(self, gen: Generation) -> str:
-        """Run a non-streaming generation through the latency model; returns its text."""
+    async def complete(self, gen: Generation) -> list[str]:
+        """Run a non-streaming generation through the latency model; returns each choice's text."""
         loop = asyncio.get_running_loop()
         arrival = loop.time()
         await self._admit()
@@ -95,22 +112,22 @@ class SimEngine:
             if self._ttft_s:
                 await asyncio.sleep(self._ttft_s)
             self.metrics.ttft.observe(loop.time() - arrival)
-            if self._token_s and gen.completion_tokens > 1:
-                await asyncio.sleep(self._token_s * (gen.completion_tokens - 1))
-            reason, produced = gen.finish_reason, gen.completion_tokens
-            return self.text.text(produced)
+            if self._token_s and gen.longest > 1:
+                await asyncio.sleep(self._token_s * (gen.longest - 1))
+            reason, produced = gen.finish_reason, gen.generated_tokens
+            return [self.text.text(choice.completion_tokens) for choice in gen.choices]
         finally:
             self._release()
             self.metrics.finished(reason, gen.prompt_tokens, produced, loop.time() - arrival)
 
     async def stream(self, request: web.Request, gen: Generation, fmt: ChunkFormat) -> web.StreamResponse:
-        """Stream a generation as SSE, vLLM style: role, tokens, finish, [usage], [DONE]."""
+        """Stream a generation as SSE, vLLM style: roles, tokens (choices interleaved), finishes, [usage], [DONE]."""
         loop = asyncio.get_running_loop()
         arrival = loop.time()
         response = web.StreamResponse(headers=SSE_HEADERS)
         await response.prepare(request)
         await self._admit()
-        n, step, pieces = gen.completion_tokens, self._token_s, self.text.pieces
+        choices, n, step, pieces = gen.choices, gen.longest, self._token_s, self.text.pieces
         first_at = loop.time() + self._ttft_s
         reason, sent = "abort", 0
         try:
@@ -121,12 +138,16 @@ class SimEngine:
                     await asyncio.sleep(due_at - now)
                     now = loop.time()
                 due = n if step == 0.0 else min(n, max(sent + 1, int((now - first_at) / step) + 1))
-                parts = [fmt.role()] if sent == 0 else []
-                parts.extend(fmt.token(pieces[k]) for k in range(sent, due))
+                parts = [fmt.role(c.index) for c in choices] if sent == 0 else []
+                for k in range(sent, due):
+                    for choice in choices:
+                        if k < choice.completion_tokens:
+                            parts.append(fmt.token(pieces[k], choice.index))
+                            if k == choice.completion_tokens - 1:
+                                parts.append(fmt.finish(choice.finish_reason, choice.index))
                 if due == n:
-                    parts.append(fmt.finish(gen.finish_reason))
                     if gen.include_usage:
-                        parts.append(fmt.usage(gen.prompt_tokens, n))
+                        parts.append(fmt.usage(gen.prompt_tokens, gen.generated_tokens))
                     parts.append(DONE)
                 await response.write(b"".join(parts))
                 if sent == 0:
@@ -135,6 +156,7 @@ class SimEngine:
             reason = gen.finish_reason
         finally:
             self._release()
-            self.metrics.finished(reason, gen.prompt_tokens, sent, loop.time() - arrival)
+            produced = sum(min(sent, c.completion_tokens) for c in choices)  # streams: best_of == n
+            self.metrics.finished(reason, gen.prompt_tokens, produced, loop.time() - arrival)
         await response.write_eof()
         return response

@@ -1,4 +1,4 @@
-"""Fault injection for the simulator: seeded errors and hangs, slow start, crash after N.
+"""Fault injection for the simulator: seeded errors, hangs and garbage bodies, slow start, crash after N.
 
 One RNG draw per inference request (only when a rate is set), so a seed replays exactly.
 """
@@ -16,18 +16,20 @@ class Fault(enum.Enum):
     NONE = "none"
     ERROR = "error"  # answer 500
     HANG = "hang"  # never answer
+    GARBAGE = "garbage"  # a 200 whose body is not JSON (streams: a line that is not an SSE event)
 
 
 class FaultInjector:
     """Decides, per request, whether the simulated engine misbehaves."""
 
-    __slots__ = ("_rng", "_error_rate", "_hang_rate", "_crash_after", "_slow_start_s", "_timer",
+    __slots__ = ("_rng", "_error_rate", "_hang_rate", "_garbage_rate", "_crash_after", "_slow_start_s", "_timer",
                  "requests", "warming", "crashed")
 
     def __init__(self, config: SimConfig) -> None:
         self._rng = random.Random(config.seed)
         self._error_rate = config.error_rate
         self._hang_rate = config.hang_rate
+        self._garbage_rate = config.garbage_rate
         self._crash_after = config.crash_after
         self._slow_start_s = config.slow_start_s
         self._timer: asyncio.TimerHandle | None = None
@@ -67,11 +69,13 @@ class FaultInjector:
         return False
 
     def draw(self) -> Fault:
-        if self._error_rate == 0.0 and self._hang_rate == 0.0:
+        if self._error_rate == 0.0 and self._hang_rate == 0.0 and self._garbage_rate == 0.0:
             return Fault.NONE
-        r = self._rng.random()
+        r = self._rng.random()  # bands in a fixed order, so adding a rate keeps old seeds' patterns
         if r < self._error_rate:
             return Fault.ERROR
         if r < self._error_rate + self._hang_rate:
             return Fault.HANG
+        if r < self._error_rate + self._hang_rate + self._garbage_rate:
+            return Fault.GARBAGE
         return Fault.NONE

@@ -38,7 +38,8 @@ def run_sim(config: SimConfig) -> None:
     app = create_sim_app(config, on_crash=lambda: _crash(config))
 
     def announce(_: str) -> None:
-        sys.stderr.write(f"opsctl sim: serving {config.model} on http://{config.host}:{config.port}\n")
+        names = ", ".join(config.served_names)
+        sys.stderr.write(f"opsctl sim: serving {names} on http://{config.host}:{config.port}\n")
         sys.stderr.flush()
 
     web.run_app(

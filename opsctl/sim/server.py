@@ -79,25 +79,37 @@ async def _engine_guard(request: web.Request, handler: Handler) -> web.StreamRes
         engine.crash()
 
 
-async def _inject(engine: SimEngine, request: web.Request) -> None:
+async def _inject(engine: SimEngine, request: web.Request, *, stream: bool) -> web.StreamResponse | None:
+    """Apply this request's fault: raise, hang, or return the bad answer to send (None: answer normally)."""
     fault = engine.faults.draw()
     if fault is Fault.ERROR:
         raise FleetgateError("simulated engine failure", code="internal_error")
     if fault is Fault.HANG:
         await engine.hang(request)
+    if fault is Fault.GARBAGE:
+        return await engine.garbage(request, stream=stream)
+    if engine.config.hang_after_headers:
+        if stream:
+            return await engine.hang_after_headers(request)
+        await engine.hang(request)
+    return None
 
 
 async def _generate(request: web.Request, gen: Generation, *, chat: bool) -> web.StreamResponse:
     engine = request.app[SIM_ENGINE]
-    await _inject(engine, request)
-    model = engine.config.model
+    injected = await _inject(engine, request, stream=gen.stream)
+    if injected is not None:
+        return injected
+    config = engine.config
+    model = config.served_names[0]  # vLLM names its answers after the first served name
     request_id = engine.request_id("chatcmpl" if chat else "cmpl")
     created = int(time.time())
     if gen.stream:
-        return await engine.stream(request, gen, ChunkFormat(request_id, created, model, chat=chat))
-    text = await engine.complete(gen)
+        fmt = ChunkFormat(request_id, created, model, chat=chat, lie=config.usage_lie)
+        return await engine.stream(request, gen, fmt)
+    texts = await engine.complete(gen)
     build = chat_body if chat else completion_body
-    return _json(build(request_id, created, model, text, gen))
+    return _json(build(request_id, created, model, texts, gen, config.usage_lie))
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -115,10 +127,13 @@ async def completions(request: web.Request) -> web.StreamResponse:
 async def embeddings(request: web.Request) -> web.StreamResponse:
     engine = request.app[SIM_ENGINE]
     job = parse_embedding(read_body(await request.read()), engine.config)
-    await _inject(engine, request)
+    injected = await _inject(engine, request, stream=False)
+    if injected is not None:
+        return injected
     config = engine.config
     started = asyncio.get_running_loop().time()
-    body = embedding_body(engine.request_id("embd"), int(time.time()), config.model, job, config.embedding_dim)
+    body = embedding_body(engine.request_id("embd"), int(time.time()), config.served_names[0], job,
+                          config.embedding_dim)
     response = _json(body)
     engine.metrics.finished("stop", job.prompt_tokens, 0, asyncio.get_running_loop().time() - started)
     return response
@@ -126,7 +141,8 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 
 async def models(request: web.Request) -> web.Response:
     engine = request.app[SIM_ENGINE]
-    return _json(models_body(engine.config.model, engine.created, engine.config.max_model_len))
+    config = engine.config
+    return _json(models_body(config.served_names, config.model, engine.created, config.max_model_len))
 
 
 async def health(request: web.Request) -> web.Response:

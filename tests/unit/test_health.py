@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 
+from gateway.app import _health_writer
 from gateway.errors import ConfigError
 from gateway.routing.balancer import Balancer, EndpointState, acquire
 from gateway.routing.health import HealthProber, PassiveHealth, ProbeResult
+from gateway.routing.registry import Registry
 from gateway.routing.vllm_metrics import VllmLoad, parse_vllm_metrics
+from gateway.store import open_store
+from opsctl.sim import SimConfig, create_sim_app
 from tests.support import free_port
 from tests.unit.test_routing import endpoint
 
@@ -152,6 +158,7 @@ class Pod:
         self.health_status = 200
         self.metrics: str | None = vllm_text(models={"llama": (3, 5, 0.4)})
         self.hang = False
+        self.models: bytes | None = None  # the /v1/models body; None: the route answers 404
         self.runner: web.AppRunner | None = None
 
     @property
@@ -168,10 +175,16 @@ class Pod:
             raise web.HTTPNotFound()
         return web.Response(text=self.metrics, content_type="text/plain")
 
+    async def _models(self, request: web.Request) -> web.Response:
+        if self.models is None:
+            raise web.HTTPNotFound()
+        return web.Response(body=self.models, content_type="application/json")
+
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/v1/models", self._models)
         self.runner = web.AppRunner(app, shutdown_timeout=0.1)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
@@ -214,6 +227,7 @@ async def test_probe_of_a_healthy_pod_reads_its_load(pod, session):
     assert result.healthy and result.status == 200 and result.error is None
     assert (s.waiting, s.running, s.kv_usage) == (3.0, 5.0, 0.4) and s.healthy
     assert result.summary == "healthy" and result.checked_at.tzinfo is not None
+    assert result.served_models == () and s.served_model is None  # no /v1/models: the registry name is sent
 
 
 async def test_503_marks_unhealthy_and_200_readmits(pod, session):
@@ -322,3 +336,79 @@ async def test_probe_against_the_simulator(session):
         assert result.healthy and s.waiting == 0.0 and s.running == 0.0 and s.kv_usage == 0.0
     finally:
         await runner.cleanup()
+
+
+# --- served model names (/v1/models) ------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def sim_pod(**fields: object) -> AsyncIterator[str]:
+    port = free_port()
+    runner = web.AppRunner(create_sim_app(SimConfig(model="/models/weights", port=port, **fields)))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_pod_serving_the_model_under_another_name_is_healthy_and_named(session):
+    async with sim_pod(served_model_name="org/model-v2", max_num_seqs=4) as url:
+        s = EndpointState(endpoint("sim", url=url), model_name="m")
+        result = await HealthProber(session, 1.0, 2.0).check(s)
+    assert result.healthy and result.served_models == ("org/model-v2",)
+    assert s.served_model == "org/model-v2" and s.healthy
+    assert (s.waiting, s.running, s.kv_usage) == (0.0, 0.0, 0.0)
+
+
+async def test_a_pod_listing_the_registry_name_among_others_is_sent_that_name(session):
+    async with sim_pod(served_model_name=["alias", "m"]) as url:
+        s = EndpointState(endpoint("sim", url=url), model_name="m")
+        assert (await HealthProber(session, 1.0, 2.0).check(s)).healthy
+    assert s.served_model == "m"
+
+
+async def test_a_pod_serving_several_other_names_is_unhealthy_and_says_why(session):
+    async with sim_pod(served_model_name=["a", "b"]) as url:
+        s = EndpointState(endpoint("sim", url=url), model_name="m")
+        result = await HealthProber(session, 1.0, 2.0).check(s)
+    assert not result.healthy and result.status == 200 and result.error == "serves a, b; not m"
+    assert result.summary == "unhealthy: serves a, b; not m"
+    assert not s.healthy and s.served_model is None and Balancer().pick([s]) is None
+
+
+async def test_an_unreadable_listing_keeps_the_known_name_and_a_404_forgets_it(pod, session):
+    s, prober = pod_state(pod.url), HealthProber(session, 1.0, 2.0)
+    pod.models = orjson.dumps({"object": "list", "data": [{"id": "served-llama", "object": "model"}]})
+    pod.metrics = vllm_text(models={"other": (1, 1, 0.2), "served-llama": (5, 3, 0.9)})
+    await prober.check(s)
+    assert s.served_model == "served-llama" and s.healthy
+    assert (s.waiting, s.running) == (5.0, 3.0)  # vLLM labels series with the served name, not the registry's
+    for garbage in (b"<html>502</html>", b'{"data": 5}', b'{"data": [{"id": 7}]}', b"[]"):
+        pod.models = garbage
+        result = await prober.check(s)
+        assert result.healthy and result.served_models is None and s.served_model == "served-llama"
+    pod.models = None
+    assert (await prober.check(s)).served_models == () and s.served_model is None
+
+
+async def test_the_registry_names_states_and_the_writer_records_why_a_pod_is_unhealthy(session, tmp_path):
+    store = open_store(f"sqlite:///{tmp_path / 'fleetgate.db'}")
+    await store.open()
+    try:
+        async with sim_pod(served_model_name=["a", "b"]) as wrong, sim_pod(served_model_name="org/m") as renamed:
+            model = await store.create_model("m", "production")
+            bad = await store.add_endpoint(model.id, wrong)
+            good = await store.add_endpoint(model.id, renamed, release="canary")
+            registry = Registry(store)
+            assert await registry.load_all()
+            states = {s.id: s for s in registry.all_states()}
+            assert {s.model_name for s in states.values()} == {"m"}
+            await HealthProber(session, 1.0, 2.0).check_all(states.values(), _health_writer(store))
+        assert states[good.id].served_model == "org/m" and states[good.id].healthy
+        recorded = {e.id: e for e in await store.list_endpoints(model.id)}
+        assert (recorded[bad.id].status, recorded[bad.id].last_health) == ("unhealthy", "unhealthy: serves a, b; not m")
+        assert (recorded[good.id].status, recorded[good.id].last_health) == ("ready", "healthy")
+    finally:
+        await store.close()

@@ -34,6 +34,7 @@ from opsctl.sim import (
     count_prompt_tokens,
     create_sim_app,
 )
+from opsctl.sim.tokens import text_tokens
 from tests.support import eventually, free_port, port_open, repo_root, wait_for
 
 MODEL = "sim-model"
@@ -157,6 +158,98 @@ async def test_models_health_version(make_client: MakeClient) -> None:
     assert [(m["id"], m["object"], m["max_model_len"]) for m in models["data"]] == [(MODEL, "model", 4096)]
     assert (await client.get("/health")).status == 200
     assert "version" in await (await client.get("/version")).json()
+
+
+@pytest.mark.parametrize(("text", "tokens"), [
+    ("", 0), ("abcd", 1), ("abcde", 2), ("東京", 6), ("😀", 4), ("héllo", 1 + 2), ("def f(): 東", 3 + 3),
+])
+def test_text_tokens_count_non_ascii_as_its_utf8_bytes(text: str, tokens: int) -> None:
+    assert text_tokens(text) == tokens
+
+
+async def test_cjk_and_emoji_prompts_cost_their_bytes(make_client: MakeClient) -> None:
+    client = await make_client()
+    text = "東京は日本の首都です。😀" * 10  # 11 CJK chars x 3 bytes + 4 bytes for the emoji, per repeat
+    body = chat(text, max_tokens=1)
+    data = await (await client.post("/v1/chat/completions", json=body)).json()
+    assert data["usage"]["prompt_tokens"] == count_prompt_tokens(body) == 3 + 4 + 10 * (11 * 3 + 4)
+    assert data["usage"]["prompt_tokens"] > len(text)  # chars / 4 would be a 4x under-estimate
+    completion = {"prompt": ["naïve", [1, 2, 3]], "max_tokens": 1}
+    usage = (await (await client.post("/v1/completions", json=completion)).json())["usage"]
+    assert usage["prompt_tokens"] == count_prompt_tokens(completion) == (4 + 3) // 4 + 2 + 3
+
+
+async def test_n_choices_share_the_prompt_and_add_up_their_tokens(make_client: MakeClient) -> None:
+    client = await make_client()
+    body = chat("hello world!", n=3, max_tokens=4)
+    data = await (await client.post("/v1/chat/completions", json=body)).json()
+    assert [c["index"] for c in data["choices"]] == [0, 1, 2]
+    assert {c["message"]["content"] for c in data["choices"]} == {"token0 token1 token2 token3"}
+    assert data["usage"] == {"prompt_tokens": 10, "completion_tokens": 12, "total_tokens": 22,
+                             "prompt_tokens_details": None}
+    assert count_completion_tokens(body) == (12, "length")
+
+
+async def test_several_prompts_with_n_and_best_of(make_client: MakeClient) -> None:
+    client = await make_client()
+    body = {"prompt": ["abcd", [7] * 17], "n": 2, "best_of": 3}  # 1 and 17 prompt tokens: 17 and 17 tokens
+    data = await (await client.post("/v1/completions", json=body)).json()
+    assert [c["index"] for c in data["choices"]] == [0, 1, 2, 3]  # prompt-major, as OpenAI orders them
+    assert [len(c["text"].split()) for c in data["choices"]] == [17, 17, 17, 17]
+    assert data["usage"]["prompt_tokens"] == count_prompt_tokens(body) == 18
+    # best_of sequences are generated (and counted) per prompt; only n are returned
+    assert data["usage"]["completion_tokens"] == count_completion_tokens(body)[0] == 2 * 3 * 17
+    ids = await (await client.post("/v1/completions", json={"prompt": [[1, 2], [3]], "max_tokens": 2})).json()
+    assert [c["index"] for c in ids["choices"]] == [0, 1] and ids["usage"]["prompt_tokens"] == 3
+
+
+async def test_streams_with_n_and_several_prompts_interleave_choices(make_client: MakeClient) -> None:
+    client = await make_client(tokens_per_s=1000)
+    body = {"prompt": ["a", "bbbbbbbb"], "n": 2, "max_tokens": 3, "stream": True,
+            "stream_options": {"include_usage": True}}
+    events = await sse_events(await client.post("/v1/completions", json=body))
+    assert events[-1] == "[DONE]" and events[-2]["choices"] == []
+    assert events[-2]["usage"]["prompt_tokens"] == 3 and events[-2]["usage"]["completion_tokens"] == 4 * 3
+    by_index: dict[int, list[dict]] = {}
+    for event in events[:-2]:
+        (choice,) = event["choices"]
+        by_index.setdefault(choice["index"], []).append(choice)
+    assert sorted(by_index) == [0, 1, 2, 3]
+    for choices in by_index.values():
+        assert "".join(c["text"] for c in choices) == "token0 token1 token2"
+        assert [c["finish_reason"] for c in choices] == [None, None, None, "length"]
+    chat_events = await sse_events(await client.post("/v1/chat/completions", json=chat(n=2, max_tokens=2,
+                                                                                      stream=True)))
+    roles = [e["choices"][0]["index"] for e in chat_events[:-1] if "role" in e["choices"][0]["delta"]]
+    assert roles == [0, 1] and chat_events[-1] == "[DONE]"
+
+
+# --- model names --------------------------------------------------------------------------------
+
+
+async def test_other_model_names_get_vllms_404(make_client: MakeClient) -> None:
+    client = await make_client()
+    for path, body in (("/v1/chat/completions", chat(model="other")),
+                       ("/v1/completions", {"model": "other", "prompt": "a"}),
+                       ("/v1/embeddings", {"model": "other", "input": "a"})):
+        response = await client.post(path, json=body)
+        assert response.status == 404
+        assert await response.json() == {"error": {"message": "The model `other` does not exist.",
+                                                   "type": "NotFoundError", "param": "model", "code": 404}}
+
+
+async def test_served_model_name_replaces_the_model_name(make_client: MakeClient) -> None:
+    client = await make_client(served_model_name="org/model-v2")
+    assert (await client.post("/v1/chat/completions", json=chat())).status == 404  # --model is not served
+    data = await (await client.post("/v1/chat/completions", json=chat(model="org/model-v2"))).json()
+    assert data["model"] == "org/model-v2"
+    models = (await (await client.get("/v1/models")).json())["data"]
+    assert [(m["id"], m["root"]) for m in models] == [("org/model-v2", MODEL)]
+    samples = await scrape(client)
+    assert samples[("vllm:num_requests_running", (("model_name", "org/model-v2"),))] == 0
+    several = await make_client(served_model_name=["a", "b"])
+    assert [m["id"] for m in (await (await several.get("/v1/models")).json())["data"]] == ["a", "b"]
+    assert (await several.post("/v1/completions", json={"model": "b", "prompt": "x"})).status == 200
 
 
 # --- streaming --------------------------------------------------------------------------------
@@ -290,6 +383,62 @@ async def test_max_num_seqs_queues_extra_requests_as_waiting(make_client: MakeCl
     assert metric(samples, "vllm:num_requests_waiting") == 0 and metric(samples, "vllm:kv_cache_usage_perc") == 0
 
 
+async def test_garbage_rate_answers_200_with_a_body_that_is_not_json(make_client: MakeClient) -> None:
+    client = await make_client(garbage_rate=1.0)
+    response = await client.post("/v1/chat/completions", json=chat())
+    assert response.status == 200 and response.headers["Content-Type"].startswith("text/html")
+    with pytest.raises(ValueError):
+        orjson.loads(await response.read())
+    stream = await client.post("/v1/chat/completions", json=chat(stream=True))
+    assert stream.status == 200 and stream.headers["Content-Type"].startswith("text/event-stream")
+    raw = await stream.read()
+    assert raw and not raw.startswith(b"data:") and b"[DONE]" not in raw
+
+    async def pattern() -> list[bool]:
+        seeded = await make_client(garbage_rate=0.5, seed=3)
+        answers = [await seeded.post("/v1/completions", json={"prompt": "a"}) for _ in range(16)]
+        return [r.headers["Content-Type"].startswith("text/html") for r in answers]
+
+    first = await pattern()
+    assert first == await pattern() and set(first) == {True, False}
+
+
+LIES = {"huge": 1_000_000_000, "string": "16", "list": [16], "negative": -16, "float": 16.5}
+
+
+@pytest.mark.parametrize("mode", [*LIES, "missing"])
+async def test_usage_lie_in_answers_and_stream_usage_chunks(make_client: MakeClient, mode: str) -> None:
+    client = await make_client(usage_lie=mode)
+    body = {"prompt": "abcd", "max_tokens": 16}  # 16 completion tokens, honestly
+    data = await (await client.post("/v1/completions", json=body)).json()
+    events = await sse_events(await client.post("/v1/completions", json={
+        **body, "stream": True, "stream_options": {"include_usage": True}}))
+    assert events[-1] == "[DONE]" and "".join(e["choices"][0]["text"] for e in events[:16]).count("token") == 16
+    if mode == "missing":
+        assert "usage" not in data and all("usage" not in e for e in events[:-1])
+    else:
+        assert data["usage"]["completion_tokens"] == LIES[mode] and data["usage"]["prompt_tokens"] == 1
+        assert events[-2]["choices"] == [] and events[-2]["usage"]["completion_tokens"] == LIES[mode]
+
+
+async def test_hang_after_headers_starts_streams_but_never_sends_an_event(make_client: MakeClient) -> None:
+    client = await make_client(hang_after_headers=True)
+    response = await client.post("/v1/chat/completions", json=chat(stream=True))
+    assert response.status == 200 and response.headers["Content-Type"].startswith("text/event-stream")
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(response.content.read(1), 0.3)
+    response.close()
+    with pytest.raises(asyncio.TimeoutError):  # unary: not even the status line
+        await client.post("/v1/chat/completions", json=chat(), timeout=aiohttp.ClientTimeout(total=0.3))
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as session, session.post(client.make_url("/v1/chat/completions"),
+                                                                json=chat(stream=True)) as pending:
+        assert pending.status == 200
+        await client.server.close()  # shutdown ends the silent stream instead of waiting it out
+        assert await pending.read() == b""
+    assert time.monotonic() - started < 3
+
+
 # --- metrics ----------------------------------------------------------------------------------
 
 
@@ -320,15 +469,20 @@ async def test_metrics_count_requests_and_tokens(make_client: MakeClient) -> Non
         ("/v1/chat/completions", orjson.dumps({"model": MODEL}), 400, "messages"),
         ("/v1/chat/completions", orjson.dumps({"messages": []}), 400, "messages"),
         ("/v1/chat/completions", orjson.dumps({"messages": [{"content": "no role"}]}), 400, "messages"),
-        ("/v1/chat/completions", orjson.dumps(chat(model="other")), 404, "model"),
         ("/v1/chat/completions", orjson.dumps(chat(max_tokens=0)), 400, "max_tokens"),
         ("/v1/chat/completions", orjson.dumps(chat(max_tokens="9")), 400, "max_tokens"),
         ("/v1/chat/completions", orjson.dumps(chat(stream_options={"include_usage": True})), 400, "stream_options"),
         ("/v1/chat/completions", orjson.dumps(chat(max_tokens=9000)), 400, "max_tokens"),
-        ("/v1/chat/completions", orjson.dumps(chat(n=2)), 400, "n"),
+        ("/v1/chat/completions", orjson.dumps(chat(n=0)), 400, "n"),
+        ("/v1/chat/completions", orjson.dumps(chat(n="2")), 400, "n"),
+        ("/v1/completions", orjson.dumps({"prompt": "a", "n": 3, "best_of": 2}), 400, "best_of"),
+        ("/v1/completions", orjson.dumps({"prompt": "a", "n": 1, "best_of": 2, "stream": True}), 400, "best_of"),
+        ("/v1/completions", orjson.dumps({"prompt": ["a"] * 100, "best_of": 50}), 400, "n"),
         ("/v1/completions", orjson.dumps({"model": MODEL}), 400, "prompt"),
-        ("/v1/completions", orjson.dumps({"prompt": ["a", "b"]}), 400, "prompt"),
-        ("/v1/completions", orjson.dumps({"prompt": "a", "model": "other"}), 404, "model"),
+        ("/v1/completions", orjson.dumps({"prompt": []}), 400, "prompt"),
+        ("/v1/completions", orjson.dumps({"prompt": ["a", 1]}), 400, "prompt"),
+        ("/v1/completions", orjson.dumps({"prompt": [[1, 2], []]}), 400, "prompt"),
+        ("/v1/completions", orjson.dumps({"prompt": ["a", "b" * 40_000], "max_tokens": 2}), 400, "max_tokens"),
         ("/v1/embeddings", orjson.dumps({"model": MODEL}), 400, "input"),
         ("/v1/embeddings", orjson.dumps({"input": "a", "encoding_format": "int8"}), 400, "encoding_format"),
     ],
@@ -359,6 +513,10 @@ async def test_bad_input_is_rejected_openai_shaped(
         ["--model", "m", "--max-num-seqs", "0"],
         ["--model", "m", "--port", "70000"],
         ["--model", "m", "--tokens-per-s", "fast"],
+        ["--model", "m", "--garbage-rate", "1.5"],
+        ["--model", "m", "--error-rate", "0.5", "--garbage-rate", "0.6"],
+        ["--model", "m", "--usage-lie", "sometimes"],
+        ["--model", "m", "--served-model-name", " "],
         ["--port", "8000"],
     ],
 )
@@ -396,10 +554,10 @@ def _post(port: int, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_process_serves_and_exits_cleanly_on_sigterm() -> None:
-    proc, port = _start_process()
+    proc, port = _start_process("--served-model-name", "org/m", "--usage-lie", "string")
     try:
-        answer = _post(port, {"model": "m", "messages": [{"role": "user", "content": "hi"}]})
-        assert answer["usage"]["prompt_tokens"] == 8
+        answer = _post(port, {"model": "org/m", "messages": [{"role": "user", "content": "hi"}]})
+        assert answer["usage"]["prompt_tokens"] == 8 and answer["usage"]["completion_tokens"] == "24"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     finally:
