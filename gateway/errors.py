@@ -98,6 +98,14 @@ class InsufficientQuota(FleetgateError):
     code = "insufficient_quota"
 
 
+class InternalError(FleetgateError):
+    """A bug or an unexpected failure inside the gateway (logged with its traceback)."""
+
+    status = 500
+    type = "server_error"
+    code = "internal_error"
+
+
 class UpstreamError(FleetgateError):
     status = 502
     type = "server_error"

@@ -13,7 +13,8 @@ from gateway.limits.base import (
     Reservation,
 )
 from gateway.limits.local import LocalLimiter
-from gateway.limits.pricing import cost_micros, estimate_prompt_tokens
+from gateway.limits.estimate import estimate_prompt_tokens
+from gateway.limits.pricing import cost_micros
 from gateway.limits.redis import RedisLimiter
 
 __all__ = [

@@ -116,6 +116,7 @@ async def test_unknown_model_and_malformed_bodies(fleet):
         big = b'{"model": "chat-m", "messages": [{"role": "user", "content": "' + b"x" * (5 * 1024 * 1024) + b'"}]}'
         r = await raw.post("/v1/chat/completions", content=big, headers={"Authorization": f"Bearer {key}"})
         assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+        assert "4194304 bytes" in r.json()["error"]["message"]  # the limit is stated
         r = await raw.post("/v1/chat/completions", json={"model": "chat-m"})
         assert r.status_code == 401 and key not in r.text
 
