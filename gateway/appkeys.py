@@ -8,6 +8,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from gateway.auth.authenticator import Authenticator
+    from gateway.observability.access_log import AccessLog
     from gateway.observability.metrics import Metrics
     from gateway.proxy.dataplane import DataPlane
     from gateway.redis.bus import ChangeBus
@@ -23,5 +24,9 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 BUS: web.AppKey[ChangeBus] = web.AppKey("bus")
 DATAPLANE: web.AppKey[DataPlane] = web.AppKey("dataplane")
 REDIS: web.AppKey[object] = web.AppKey("redis")  # redis.asyncio.Redis, or None without Redis
+ACCESS_LOG: web.AppKey[AccessLog | None] = web.AppKey("access_log")  # None when settings.access_log is off
 
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
+# The data plane's part of the access line: org_id, key_id, model, endpoint, upstream_ms, error_code
+# (see gateway.observability.access_log.DATAPLANE_FIELDS); the edge middleware merges it.
+ACCESS: web.RequestKey[dict] = web.RequestKey("fg_access", dict)

@@ -10,7 +10,9 @@ from pathlib import Path
 import httpx
 from aiohttp import web
 
+from gateway import appkeys
 from gateway.app import create_app
+from gateway.http.server import GatewayRunner
 from gateway.settings import Settings
 from opsctl.sim import SimConfig, create_sim_app
 from tests.support import free_port
@@ -21,7 +23,9 @@ ADMIN_TOKEN = "fg-admin-test-token"
 @contextlib.asynccontextmanager
 async def serve_app(app: web.Application, port: int | None = None) -> AsyncIterator[str]:
     port = port or free_port()
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    # A gateway app is served exactly as in production (header deadline, connection cap, ...).
+    runner = (GatewayRunner(app, app[appkeys.SETTINGS]) if appkeys.SETTINGS in app
+              else web.AppRunner(app, handler_cancellation=True, access_log=None))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()

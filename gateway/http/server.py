@@ -2,10 +2,13 @@
 
 Workers share nothing but Redis and the store; Prometheus metrics go through a
 multiprocess directory so `/metrics` on any worker reports the whole server.
+`GatewayRunner` is the one way to serve a gateway app (production and tests alike).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -13,13 +16,60 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
+from gateway import appkeys
 from gateway.app import create_app
+from gateway.errors import ConfigError
+from gateway.http.protocol import LINGER_S, EdgeLimits, EdgeServer
+from gateway.observability.logging import setup_logging
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
+
+SHUTDOWN_TIMEOUT_S = 10.0  # in-flight requests get this long to finish on SIGTERM
+
+
+class GatewayRunner(web.AppRunner):
+    """An AppRunner serving through EdgeServer: header deadline, keep-alive timeout, connection cap.
+
+    Client disconnects cancel their handler (`handler_cancellation`); aiohttp's own access
+    logger is off (the edge middleware writes the access log).
+    """
+
+    def __init__(self, app: web.Application, settings: Settings, **kwargs: Any) -> None:
+        kwargs.setdefault("shutdown_timeout", SHUTDOWN_TIMEOUT_S)
+        super().__init__(app, handler_cancellation=True, access_log=None,
+                         keepalive_timeout=settings.keepalive_timeout_s,
+                         lingering_time=min(LINGER_S, settings.body_read_timeout_s), **kwargs)
+        self._settings = settings
+
+    async def _make_server(self) -> EdgeServer:
+        plain = await super()._make_server()  # runs the app's startup, then builds aiohttp's Server
+        limits = EdgeLimits(header_timeout_s=self._settings.header_read_timeout_s,
+                            max_connections=self._settings.max_connections,
+                            access_log=self.app.get(appkeys.ACCESS_LOG))
+        return EdgeServer(plain.request_handler, request_factory=plain.request_factory,
+                          handler_cancellation=plain.handler_cancellation, loop=asyncio.get_running_loop(),
+                          limits=limits, **plain._kwargs)
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application, settings: Settings, *, host: str | None = None, port: int | None = None,
+                  reuse_port: bool = False) -> AsyncIterator[GatewayRunner]:
+    """Serve `app` on host:port (default: from settings) until the block exits, then shut down gracefully."""
+    runner = GatewayRunner(app, settings)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host or settings.host, settings.port if port is None else port,
+                           reuse_port=reuse_port or None)
+        await site.start()
+        yield runner
+    finally:
+        await runner.cleanup()
 
 
 def install_uvloop() -> None:
@@ -30,21 +80,38 @@ def install_uvloop() -> None:
     uvloop.install() if hasattr(uvloop, "install") else None
 
 
+async def _serve_until_signal(settings: Settings, worker_id: str, reuse_port: bool) -> None:
+    app = create_app(settings, worker_id=worker_id)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with serving(app, settings, reuse_port=reuse_port):
+        log.info("gateway %s listening on %s:%d", worker_id, settings.host, settings.port)
+        await stop.wait()
+        log.info("gateway %s stopping", worker_id)
+
+
 def run_worker(settings: Settings, index: int = 0, *, reuse_port: bool = False) -> None:
     """Serve until SIGINT/SIGTERM (blocking)."""
     install_uvloop()
-    app = create_app(settings, worker_id=f"gw{settings.port}-{index}")
-    web.run_app(app, host=settings.host, port=settings.port, reuse_port=reuse_port or None,
-                handler_cancellation=True, access_log=None, print=None, shutdown_timeout=10.0)
+    asyncio.run(_serve_until_signal(settings, f"gw{settings.port}-{index}", reuse_port))
 
 
 def _worker_main(settings: Settings, index: int) -> None:
-    logging.basicConfig(level=settings.log_level.upper(), format=f"%(asctime)s w{index} %(levelname)s %(name)s: %(message)s")
+    setup_logging(settings, worker=index)
     run_worker(settings, index, reuse_port=True)
 
 
 def serve(settings: Settings) -> None:
-    """Run `settings.workers` processes on one port; restart a worker that dies."""
+    """Run `settings.workers` processes on one port; restart a worker that dies.
+
+    Raises:
+        ConfigError: several workers without Redis (each would hold its own budgets and rate limits).
+    """
+    if settings.workers > 1 and not settings.redis_url:
+        raise ConfigError(f"setting workers={settings.workers} needs redis_url: without Redis, budgets and rate "
+                          "limits hold per process, so N workers would allow N times each; use workers=1")
     if settings.workers == 1:
         run_worker(settings)
         return

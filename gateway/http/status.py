@@ -8,6 +8,8 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from gateway import appkeys
+from gateway.auth.secrets import tokens_equal
+from gateway.errors import AuthenticationFailed
 from gateway.observability.metrics import CONTENT_TYPE
 from gateway.routing.registry import STORE_ERRORS
 
@@ -50,5 +52,12 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    m = request.app[appkeys.METRICS]
-    return web.Response(body=m.render(), headers={"Content-Type": CONTENT_TYPE})
+    """Prometheus text, rendered off the event loop; needs the bearer token when `metrics_token` is set."""
+    token = request.app[appkeys.SETTINGS].metrics_token
+    if token:
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not tokens_equal(presented.strip(), token):
+            raise AuthenticationFailed("Invalid or missing metrics token.", code="invalid_metrics_token",
+                                       headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+    body = await request.app[appkeys.METRICS].render_async()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

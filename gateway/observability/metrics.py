@@ -3,10 +3,14 @@
 With `PROMETHEUS_MULTIPROC_DIR` set (done by `opsctl gateway serve --workers N`), values
 live in per-process files and `/metrics` aggregates them; otherwise each app has its own
 registry. Labelled children are cached, since `.labels()` costs more than the increment.
+Label values come only from bounded sets (registry names, status codes, constants), never
+from client input; rendering runs in a thread so a scrape never freezes the event loop (it
+still shares the GIL with it: requests slow down during a big render, they are not held up).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -51,6 +55,16 @@ class Metrics:
                                ["reason"], registry=r)
         self.soft_limit = Counter("fleetgate_budget_soft_limit", "Requests over a budget's soft limit.",
                                   ["org"], registry=r)
+        # Pod misbehaviour, labelled by bounded reason sets (see gateway/proxy/forward.py, billing.py).
+        self.upstream_slow = Counter("fleetgate_upstream_slow", "Answers abandoned past their first-byte deadline.",
+                                     ["stage"], registry=r)
+        self.upstream_garbage = Counter("fleetgate_upstream_garbage",
+                                        "200 answers that were not JSON / not an event stream.", ["kind"], registry=r)
+        self.upstream_saturated = Counter("fleetgate_upstream_saturated",
+                                          "Requests that found no free connection to a pod in time (tried elsewhere).",
+                                          registry=r)
+        self.bad_usage = Counter("fleetgate_upstream_bad_usage",
+                                 "Usage reports refused (billed at the reserved amounts).", ["reason"], registry=r)
         self.usage_events = Counter("fleetgate_usage_events", "Usage events the sink refused (lost rows).",
                                     ["result"], registry=r)
         gauge_kw: dict[str, Any] = {"multiprocess_mode": "max"} if self.multiprocess else {}
@@ -59,6 +73,7 @@ class Metrics:
         self.store_degraded = Gauge("fleetgate_store_degraded", "1 while the store is unreachable.",
                                     registry=r, **gauge_kw)
         self._children: dict[tuple, Any] = {}
+        self._rendering: asyncio.Future[bytes] | None = None
 
     def child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
@@ -66,6 +81,24 @@ class Metrics:
         if c is None:
             c = self._children[key] = metric.labels(*labels)
         return c
+
+    async def render_async(self) -> bytes:
+        """`render()` in a worker thread; concurrent scrapes share one rendering.
+
+        prometheus_client takes each metric's lock while collecting, so the event loop can keep
+        incrementing meanwhile; sharing the rendering keeps a flood of scrapes at one thread's work.
+        """
+        rendering = self._rendering
+        if rendering is None:
+            rendering = self._rendering = asyncio.get_running_loop().run_in_executor(None, self.render)
+            rendering.add_done_callback(self._rendered)
+        # shield: a scraper that goes away must not cancel the rendering the others wait for
+        return await asyncio.shield(rendering)
+
+    def _rendered(self, rendering: asyncio.Future[bytes]) -> None:
+        self._rendering = None
+        if not rendering.cancelled():
+            rendering.exception()  # marks it retrieved when every waiter went away
 
     def render(self) -> bytes:
         if self.multiprocess:
