@@ -5,7 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.admin.common import query_int, reply, require_admin
+from gateway.admin.common import reply, require_admin
+from gateway.admin.inputs import query_int
 
 
 async def list_audit(request: web.Request) -> web.Response:

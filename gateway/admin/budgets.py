@@ -5,20 +5,22 @@ Amounts travel as USD in the API and as integer micro-USD everywhere else.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.admin.common import field, json_body, reply, require_admin
+from gateway.admin.common import json_body, reply, require_admin
+from gateway.admin.inputs import field, only_fields, path, query_str
 from gateway.admin.orgs import announce_org
 from gateway.errors import InvalidRequest, NotFound
 from gateway.limits.base import PERIODS, BudgetRule
 from gateway.store.models import Budget
-from gateway.usage import spend_since
 
 MICROS = 1_000_000
+# 1e15 micro-USD: exact in int64, in a Lua double (< 2**53) and with room for a period's spend on top.
+MAX_USD = 1_000_000_000
+BUDGET_FIELDS = ("org", "usd", "period", "soft_limit_pct", "key_id")
 
 
 def budget_dict(budget: Budget) -> dict[str, Any]:
@@ -28,14 +30,14 @@ def budget_dict(budget: Budget) -> dict[str, Any]:
 async def set_budget(request: web.Request) -> web.Response:
     actor = require_admin(request)
     body = await json_body(request)
-    store = request.app[appkeys.STORE]
-    org = await store.get_org(field(body, "org", str, required=True))
-    usd = field(body, "usd", float, required=True, minimum=0)
+    only_fields(body, BUDGET_FIELDS)
+    org_ref = field(body, "org", str, required=True)
+    usd = field(body, "usd", float, required=True, minimum=0, maximum=MAX_USD)
     period = field(body, "period", str, required=True, choices=PERIODS)
-    soft = field(body, "soft_limit_pct", int, default=80, minimum=0)
-    if soft > 100:
-        raise InvalidRequest("'soft_limit_pct' must be between 0 and 100.", param="soft_limit_pct")
+    soft = field(body, "soft_limit_pct", int, default=80, minimum=0, maximum=100)
     key_id = field(body, "key_id", str)
+    store = request.app[appkeys.STORE]
+    org = await store.get_org(org_ref)
     if key_id is not None:
         key = await store.get_api_key(key_id)
         if key.org_id != org.id:
@@ -51,7 +53,7 @@ async def set_budget(request: web.Request) -> web.Response:
 async def list_budgets(request: web.Request) -> web.Response:
     require_admin(request)
     store = request.app[appkeys.STORE]
-    org = request.query.get("org")
+    org = query_str(request, "org")
     org_id = (await store.get_org(org)).id if org else None
     return reply([budget_dict(b) for b in await store.list_budgets(org_id)])
 
@@ -60,7 +62,7 @@ async def show_budget(request: web.Request) -> web.Response:
     """Limit, spent, reserved, remaining and reset time of each budget of the org."""
     require_admin(request)
     store = request.app[appkeys.STORE]
-    org = await store.get_org(request.match_info["org"])
+    org = await store.get_org(path(request, "org"))
     limiter = request.app[appkeys.DATAPLANE].limiter
     out = []
     for budget in await store.list_budgets(org.id):
@@ -75,27 +77,27 @@ async def show_budget(request: web.Request) -> web.Response:
 
 
 async def rebuild_budgets(request: web.Request) -> web.Response:
-    """Set each budget's current-period spend from the usage lake (after Redis lost its data)."""
+    """Recount each budget's current period from the usage lake: what was counted until now is
+    replaced by the lake's figure (one grouped query), later settles add on top. Budgets restore
+    themselves after a restart or a Redis data loss; this is for counters known to be wrong
+    (e.g. after an outage under the fail-open policy)."""
     actor = require_admin(request)
     body = await json_body(request) if request.can_read_body else {}
+    only_fields(body, ("org",))
     store = request.app[appkeys.STORE]
     org_name = field(body, "org", str)
     org_ids = [(await store.get_org(org_name)).id] if org_name else None
-    settings = request.app[appkeys.SETTINGS]
-    dataplane = request.app[appkeys.DATAPLANE]
-    if dataplane.sink is not None and hasattr(dataplane.sink, "flush"):
-        await dataplane.sink.flush()
+    limiter = request.app[appkeys.DATAPLANE].limiter
+    budgets = [b for b in await store.list_budgets() if org_ids is None or b.org_id in org_ids]
+    rules = [BudgetRule.from_budget(b) for b in budgets]
+    restored = {r.rule: r for r in await limiter.restore_budgets(rules, reset=True)}
     results = []
-    for budget in await store.list_budgets():
-        if org_ids is not None and budget.org_id not in org_ids:
-            continue
-        rule = BudgetRule.from_budget(budget)
-        status = await dataplane.limiter.budget_status(rule)
-        spent = await asyncio.to_thread(spend_since, settings, org_id=budget.org_id, key_id=budget.key_id,
-                                        since=status.period_start)
-        await dataplane.limiter.rebuild(rule, spent)
+    for budget, rule in zip(budgets, rules, strict=True):
+        status = await limiter.budget_status(rule)
+        lake = restored[rule].lake_micros if rule in restored else None
         results.append({"budget_id": budget.id, "org_id": budget.org_id, "key_id": budget.key_id,
-                        "period": budget.period, "spent_micros": spent, "spent_usd": spent / MICROS})
+                        "period": budget.period, "lake_micros": lake, "spent_micros": status.spent_micros,
+                        "spent_usd": status.spent_micros / MICROS})
     await store.add_audit(actor, "budget.rebuild", org_name or "*", {"budgets": len(results)})
     return reply(results)
 

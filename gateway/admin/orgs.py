@@ -3,42 +3,60 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.admin.common import field, json_body, reply, require_admin, string_list
+from gateway.admin.common import json_body, reply, require_admin
+from gateway.admin.inputs import (
+    duration,
+    field,
+    only_fields,
+    path,
+    query_str,
+    string_list,
+)
 from gateway.auth.secrets import generate_api_key
 from gateway.errors import InvalidRequest
+from gateway.redis.bus import ChangeBus
+from gateway.store.models import ApiKey
+from gateway.store.validation import INT32_MAX
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_DURATION_RE = re.compile(r"^(\d+)([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", re.ASCII)
+ORG_FIELDS = ("name", "rpm_limit", "tpm_limit")
+KEY_FIELDS = ("org", "name", "expires_in", "rpm_limit", "tpm_limit", "models", "environment")
 
 
-def parse_duration(text: str, *, param: str) -> timedelta:
-    """'30d', '12h', '90m' → timedelta."""
-    m = _DURATION_RE.match(text.strip())
-    if not m or int(m.group(1)) == 0:
-        raise InvalidRequest(f"'{param}' must be a duration like 30d, 12h or 90m.", param=param)
-    return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+# Model names as vLLM serves them: Hugging Face ids ("org/model") and tags ("model:7b") included.
+MODEL_NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._:-]|/(?!/)){0,127}(?<!/)", re.ASCII)
+
+
+def check_model_name(value: str, param: str = "name") -> str:
+    if not MODEL_NAME_RE.fullmatch(value):
+        raise InvalidRequest(f"'{param}' must be 1-128 characters of letters, digits, '.', '_', '-', ':' or single "
+                             "'/' (as in 'org/model'), starting with a letter or digit.", param=param)
+    return value
 
 
 def check_name(value: str, param: str = "name") -> str:
-    if not NAME_RE.match(value):
+    if not NAME_RE.fullmatch(value):
         raise InvalidRequest(f"'{param}' must be 1-64 characters of letters, digits, '.', '_' or '-'.", param=param)
     return value
+
+
+def _limits(body: dict) -> dict[str, int | None]:
+    return {name: field(body, name, int, minimum=1, maximum=INT32_MAX) for name in ("rpm_limit", "tpm_limit")}
 
 
 async def create_org(request: web.Request) -> web.Response:
     actor = require_admin(request)
     body = await json_body(request)
+    only_fields(body, ORG_FIELDS)
     name = check_name(field(body, "name", str, required=True))
-    rpm = field(body, "rpm_limit", int, minimum=1)
-    tpm = field(body, "tpm_limit", int, minimum=1)
+    limits = _limits(body)
     store = request.app[appkeys.STORE]
-    org = await store.create_org(name, rpm_limit=rpm, tpm_limit=tpm)
+    org = await store.create_org(name, **limits)
     await store.add_audit(actor, "org.create", org.id, {"name": name})
     return reply(org.to_dict(), status=201)
 
@@ -50,16 +68,18 @@ async def list_orgs(request: web.Request) -> web.Response:
 
 async def get_org(request: web.Request) -> web.Response:
     require_admin(request)
-    return reply((await request.app[appkeys.STORE].get_org(request.match_info["org"])).to_dict())
+    return reply((await request.app[appkeys.STORE].get_org(path(request, "org"))).to_dict())
 
 
 async def update_org(request: web.Request) -> web.Response:
     actor = require_admin(request)
+    org_ref = path(request, "org")
     body = await json_body(request)
+    only_fields(body, ORG_FIELDS[1:])
+    limits = _limits(body)
     store = request.app[appkeys.STORE]
-    org = await store.update_org(request.match_info["org"], rpm_limit=field(body, "rpm_limit", int, minimum=1),
-                                 tpm_limit=field(body, "tpm_limit", int, minimum=1))
-    await store.add_audit(actor, "org.update", org.id, body)
+    org = await store.update_org(org_ref, **limits)
+    await store.add_audit(actor, "org.update", org.id, {k: v for k, v in limits.items() if v is not None})
     await announce_org(request, org.id, "org")
     return reply(org.to_dict())
 
@@ -70,44 +90,55 @@ async def announce_org(request: web.Request, org_id: str, kind: str) -> None:
     await request.app[appkeys.BUS].publish(kind, {"org_id": org_id, "key_hashes": [k.key_hash for k in keys]})
 
 
+async def announce_key(bus: ChangeBus, key: ApiKey) -> None:
+    """Every replica drops what it cached about this key's hash, including "unknown" after a miss."""
+    await bus.publish("key", {"key_hashes": [key.key_hash]})
+
+
 async def create_key(request: web.Request) -> web.Response:
     actor = require_admin(request)
     body = await json_body(request)
-    store = request.app[appkeys.STORE]
-    org = await store.get_org(field(body, "org", str, required=True))
+    only_fields(body, KEY_FIELDS)
+    org_ref = field(body, "org", str, required=True)
     name = check_name(field(body, "name", str, default="default"))
     expires_in = field(body, "expires_in", str)
-    expires_at = datetime.now(UTC) + parse_duration(expires_in, param="expires_in") if expires_in else None
+    lifetime = duration(expires_in, "expires_in") if expires_in is not None else None
+    limits = _limits(body)
+    models = string_list(body, "models")
+    environment = field(body, "environment", str)
+    if environment is not None:
+        check_name(environment, "environment")
+    store = request.app[appkeys.STORE]
+    org = await store.get_org(org_ref)
     secret, key_hash, prefix = generate_api_key()
     key = await store.create_api_key(
-        org.id, name=name, key_hash=key_hash, prefix=prefix,
-        rpm_limit=field(body, "rpm_limit", int, minimum=1), tpm_limit=field(body, "tpm_limit", int, minimum=1),
-        allowed_models=string_list(body, "models"), environment=field(body, "environment", str),
-        expires_at=expires_at,
+        org.id, name=name, key_hash=key_hash, prefix=prefix, **limits, allowed_models=models,
+        environment=environment, expires_at=datetime.now(UTC) + lifetime if lifetime is not None else None,
     )
     await store.add_audit(actor, "key.create", key.id, {"org": org.id, "name": name})
+    await announce_key(request.app[appkeys.BUS], key)
     return reply({**key.to_dict(), "key": secret}, status=201)
 
 
 async def list_keys(request: web.Request) -> web.Response:
     require_admin(request)
     store = request.app[appkeys.STORE]
-    org = request.query.get("org")
+    org = query_str(request, "org")
     org_id = (await store.get_org(org)).id if org else None
     return reply([k.to_dict() for k in await store.list_api_keys(org_id)])
 
 
 async def get_key(request: web.Request) -> web.Response:
     require_admin(request)
-    return reply((await request.app[appkeys.STORE].get_api_key(request.match_info["key_id"])).to_dict())
+    return reply((await request.app[appkeys.STORE].get_api_key(path(request, "key_id"))).to_dict())
 
 
 async def revoke_key(request: web.Request) -> web.Response:
     actor = require_admin(request)
     store = request.app[appkeys.STORE]
-    key = await store.revoke_api_key(request.match_info["key_id"])
+    key = await store.revoke_api_key(path(request, "key_id"))
     await store.add_audit(actor, "key.revoke", key.id, {})
-    await request.app[appkeys.BUS].publish("key", {"key_hashes": [key.key_hash], "org_id": key.org_id})
+    await announce_key(request.app[appkeys.BUS], key)
     return reply(key.to_dict())
 
 

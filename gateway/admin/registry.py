@@ -11,17 +11,49 @@ from urllib.parse import urlparse
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.admin.common import field, json_body, reply, require_admin, string_list
-from gateway.admin.orgs import check_name
+from gateway.admin.common import json_body, reply, require_admin
+from gateway.admin.inputs import (
+    MAX_URL,
+    field,
+    only_fields,
+    path,
+    query_str,
+    shown,
+    string_list,
+)
+from gateway.admin.orgs import check_model_name, check_name
 from gateway.errors import Conflict, InvalidRequest, NotFound
 from gateway.store.models import ENDPOINT_STATUSES, MODEL_STATUSES
+from gateway.store.validation import INT32_MAX, MAX_PRICE
+
+MAX_WEIGHT = 1_000_000
+REGISTER_FIELDS = ("name", "environment", "endpoint", "input_price", "output_price", "max_tokens", "fallbacks",
+                   "metadata", "weight", "release", "status")
+MODEL_FIELDS = ("status", "input_price", "output_price", "max_tokens", "fallbacks", "metadata")
+ENDPOINT_FIELDS = ("weight", "status", "release")
 
 
 def check_url(url: str) -> str:
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise InvalidRequest(f"'endpoint' must be an http(s) URL, got {url!r}.", param="endpoint")
+    try:
+        parsed = urlparse(url)
+        parsed.port  # noqa: B018 - raises ValueError for a port that is not a number in 0-65535
+    except ValueError as e:
+        raise InvalidRequest(f"'endpoint' must be an http(s) URL, got {shown(url)!r}.", param="endpoint") from e
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise InvalidRequest(f"'endpoint' must be an http(s) URL, got {shown(url)!r}.", param="endpoint")
     return url.rstrip("/")
+
+
+def _pricing(body: dict) -> dict:
+    return {
+        "input_price": field(body, "input_price", float, minimum=0, maximum=MAX_PRICE),
+        "output_price": field(body, "output_price", float, minimum=0, maximum=MAX_PRICE),
+        "max_tokens": field(body, "max_tokens", int, minimum=1, maximum=INT32_MAX),
+    }
+
+
+def _fallbacks(body: dict) -> tuple[str, ...] | None:
+    return tuple(check_model_name(f, "fallbacks") for f in string_list(body, "fallbacks")) if "fallbacks" in body else None
 
 
 async def announce(request: web.Request, name: str, environment: str) -> None:
@@ -33,12 +65,12 @@ def _env(request: web.Request, body: dict | None = None) -> str:
     default = request.app[appkeys.SETTINGS].default_environment
     if body is not None:
         return check_name(field(body, "environment", str, default=default), "environment")
-    return check_name(request.query.get("env") or default, "env")
+    return check_name(query_str(request, "env", default), "env")
 
 
 async def list_models(request: web.Request) -> web.Response:
     require_admin(request)
-    env = request.query.get("env")
+    env = query_str(request, "env")
     entries = await request.app[appkeys.STORE].registry(env)
     return reply([{**e.model.to_dict(), "endpoints": [ep.to_dict() for ep in e.endpoints]} for e in entries])
 
@@ -47,19 +79,16 @@ async def register(request: web.Request) -> web.Response:
     """Create the model in the environment if needed, then add an endpoint to it (if given)."""
     actor = require_admin(request)
     body = await json_body(request)
+    only_fields(body, REGISTER_FIELDS)
     store = request.app[appkeys.STORE]
-    name = check_name(field(body, "name", str, required=True))
+    name = check_model_name(field(body, "name", str, required=True))
     env = _env(request, body)
-    url = field(body, "endpoint", str)
+    url = field(body, "endpoint", str, max_length=MAX_URL)
     url = check_url(url) if url else None
-    pricing = {
-        "input_price": field(body, "input_price", float, minimum=0),
-        "output_price": field(body, "output_price", float, minimum=0),
-        "max_tokens": field(body, "max_tokens", int, minimum=1),
-    }
-    fallbacks = string_list(body, "fallbacks") if "fallbacks" in body else None
+    pricing = _pricing(body)
+    fallbacks = _fallbacks(body)
     metadata = field(body, "metadata", dict)
-    weight = field(body, "weight", int, default=100, minimum=0)
+    weight = field(body, "weight", int, default=100, minimum=0, maximum=MAX_WEIGHT)
     release = check_name(field(body, "release", str, default="stable"), "release")
     status = field(body, "status", str, default="ready", choices=ENDPOINT_STATUSES)
     created = False
@@ -96,7 +125,7 @@ async def register(request: web.Request) -> web.Response:
 async def get_model(request: web.Request) -> web.Response:
     require_admin(request)
     store = request.app[appkeys.STORE]
-    env, name = request.match_info["env"], request.match_info["name"]
+    env, name = path(request, "env"), path(request, "name")
     model = await store.get_model(name, env)
     endpoints = await store.list_endpoints(model.id)
     return reply({**model.to_dict(), "endpoints": [e.to_dict() for e in endpoints]})
@@ -104,30 +133,24 @@ async def get_model(request: web.Request) -> web.Response:
 
 async def update_model(request: web.Request) -> web.Response:
     actor = require_admin(request)
+    env, name = path(request, "env"), path(request, "name")
     body = await json_body(request)
-    env, name = request.match_info["env"], request.match_info["name"]
-    changes = {
-        "status": field(body, "status", str, choices=MODEL_STATUSES),
-        "input_price": field(body, "input_price", float, minimum=0),
-        "output_price": field(body, "output_price", float, minimum=0),
-        "max_tokens": field(body, "max_tokens", int, minimum=1),
-        "metadata": field(body, "metadata", dict),
-    }
-    if "fallbacks" in body:
-        changes["fallbacks"] = string_list(body, "fallbacks")
+    only_fields(body, MODEL_FIELDS)
+    changes = {"status": field(body, "status", str, choices=MODEL_STATUSES), **_pricing(body),
+               "metadata": field(body, "metadata", dict), "fallbacks": _fallbacks(body)}
     changes = {k: v for k, v in changes.items() if v is not None}
     if not changes:
         raise InvalidRequest("Nothing to change: give status, prices, max_tokens, fallbacks or metadata.")
     store = request.app[appkeys.STORE]
     model = await store.update_model(name, env, **changes)
-    await store.add_audit(actor, "registry.update", model.id, body)
+    await store.add_audit(actor, "registry.update", model.id, changes)
     await announce(request, name, env)
     return reply(model.to_dict())
 
 
 async def delete_model(request: web.Request) -> web.Response:
     actor = require_admin(request)
-    env, name = request.match_info["env"], request.match_info["name"]
+    env, name = path(request, "env"), path(request, "name")
     store = request.app[appkeys.STORE]
     model = await store.get_model(name, env)
     await store.delete_model(name, env)
@@ -143,17 +166,21 @@ async def list_endpoints(request: web.Request) -> web.Response:
 
 async def update_endpoint(request: web.Request) -> web.Response:
     actor = require_admin(request)
+    endpoint_id = path(request, "endpoint_id")
     body = await json_body(request)
-    weight = field(body, "weight", int, minimum=0)
+    only_fields(body, ENDPOINT_FIELDS)
+    weight = field(body, "weight", int, minimum=0, maximum=MAX_WEIGHT)
     status = field(body, "status", str, choices=ENDPOINT_STATUSES)
     release = field(body, "release", str)
+    if release is not None:
+        check_name(release, "release")
     if weight is None and status is None and release is None:
         raise InvalidRequest("Nothing to change: give weight, status or release.")
     store = request.app[appkeys.STORE]
-    endpoint = await store.update_endpoint(request.match_info["endpoint_id"], weight=weight, status=status,
-                                           release=release)
+    endpoint = await store.update_endpoint(endpoint_id, weight=weight, status=status, release=release)
     model = await store.get_model_by_id(endpoint.model_id)
-    await store.add_audit(actor, "endpoint.update", endpoint.id, body)
+    changes = {"weight": weight, "status": status, "release": release}
+    await store.add_audit(actor, "endpoint.update", endpoint.id, {k: v for k, v in changes.items() if v is not None})
     await announce(request, model.name, model.environment)
     return reply(endpoint.to_dict())
 
@@ -161,7 +188,7 @@ async def update_endpoint(request: web.Request) -> web.Response:
 async def delete_endpoint(request: web.Request) -> web.Response:
     actor = require_admin(request)
     store = request.app[appkeys.STORE]
-    endpoint = await store.get_endpoint(request.match_info["endpoint_id"])
+    endpoint = await store.get_endpoint(path(request, "endpoint_id"))
     model = await store.get_model_by_id(endpoint.model_id)
     await store.delete_endpoint(endpoint.id)
     await store.add_audit(actor, "endpoint.delete", endpoint.id, {"url": endpoint.url})
@@ -173,9 +200,9 @@ def setup(app: web.Application) -> None:
     r = app.router
     r.add_get("/admin/v1/models", list_models)
     r.add_post("/admin/v1/models", register)
-    r.add_get("/admin/v1/models/{env}/{name}", get_model)
-    r.add_patch("/admin/v1/models/{env}/{name}", update_model)
-    r.add_delete("/admin/v1/models/{env}/{name}", delete_model)
+    r.add_get("/admin/v1/models/{env}/{name:.+}", get_model)
+    r.add_patch("/admin/v1/models/{env}/{name:.+}", update_model)
+    r.add_delete("/admin/v1/models/{env}/{name:.+}", delete_model)
     r.add_get("/admin/v1/endpoints", list_endpoints)
     r.add_patch("/admin/v1/endpoints/{endpoint_id}", update_endpoint)
     r.add_delete("/admin/v1/endpoints/{endpoint_id}", delete_endpoint)

@@ -1,7 +1,8 @@
 """Admin API: canned usage reports from the lake (`/admin/v1/usage/{spend,latency,errors}`).
 
 An admin token sees every org (optionally filtered with `org`); an API key sees only its
-own org's rows, whatever it asks for. DuckDB runs in a worker thread, off the event loop.
+own org's rows, whatever it asks for, and never pod URLs (`by=endpoint` is admin-only).
+DuckDB runs in a worker thread, off the event loop.
 """
 
 from __future__ import annotations
@@ -14,12 +15,16 @@ from typing import Any
 from aiohttp import web
 
 from analytics_lake.errors import LakeError, LakeInputError
+from analytics_lake.report_args import ReportArgumentError, by_names, parse_since
 from gateway import appkeys
 from gateway.admin.common import reply, require_admin
-from gateway.errors import FleetgateError, InvalidRequest, NotFound
+from gateway.admin.inputs import query_str
+from gateway.errors import FleetgateError, InvalidRequest, NotFound, PermissionDenied
 from gateway.usage import lake_config
 
 REPORTS = ("spend", "latency", "errors")
+# Dimensions that reveal the fleet (pod URLs) rather than the caller's own usage.
+ADMIN_ONLY_DIMENSIONS = frozenset({"endpoint"})
 
 
 def _jsonable(value: Any) -> Any:
@@ -30,7 +35,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _run_report(settings, kind: str, by: str, since: str | None, org: str | None) -> list[dict[str, Any]]:
+def _run_report(settings, kind: str, by: list[str], since: datetime | None, org: str | None) -> list[dict[str, Any]]:
     from analytics_lake.query import LakeQuery
 
     with LakeQuery(lake_config(settings), org=org) as lake:
@@ -55,15 +60,25 @@ async def report(request: web.Request) -> web.Response:
         raise NotFound(f"unknown report {kind!r}: expected one of {', '.join(REPORTS)}")
     scoped_org = await _scope(request)
     default_by = {"spend": "org", "latency": "model", "errors": "model"}[kind]
-    by = request.query.get("by", default_by)
-    since = request.query.get("since")
-    org = request.query.get("org")
+    org = query_str(request, "org")
+    try:
+        by = by_names(query_str(request, "by", default_by, max_length=256))
+        since_text = query_str(request, "since", max_length=64)
+        since = parse_since(since_text) if since_text else None
+    except ReportArgumentError as e:
+        raise InvalidRequest(str(e), param=e.argument) from e
     if scoped_org is not None:
+        hidden = ADMIN_ONLY_DIMENSIONS.intersection(by)
+        if hidden:
+            raise PermissionDenied(f"Grouping by {', '.join(sorted(hidden))} needs the admin token.",
+                                   code="admin_only", param="by")
         org = scoped_org  # a key only ever sees its own org
     elif org:
         org = (await request.app[appkeys.STORE].get_org(org)).id
     try:
         rows = await asyncio.to_thread(_run_report, request.app[appkeys.SETTINGS], kind, by, since, org)
+    except ReportArgumentError as e:
+        raise InvalidRequest(str(e), param=e.argument) from e
     except LakeInputError as e:
         raise InvalidRequest(str(e)) from e
     except LakeError as e:

@@ -1,8 +1,8 @@
 """API-key authentication with an in-process cache (and a Redis cache shared by replicas).
 
 Keys are looked up by the SHA-256 of the presented secret, so the secret never reaches
-the store, Redis or a log. Revocations and budget changes arrive on the change bus and
-drop the cached entries at once in every process.
+the store, Redis or a log. Revocations, new keys and budget changes arrive on the change
+bus and drop the cached entries (known and unknown) at once in every process.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +68,14 @@ def _bearer(authorization: str | None) -> str:
 
 
 class Authenticator:
+    """Looks API keys up by hash: process cache, then Redis, then the store (bounded).
+
+    Unknown hashes are remembered for `negative_ttl_s` (at most `negative_max` of them, oldest
+    evicted first), concurrent lookups of one hash share a single store query, and at most
+    `max_store_lookups` store lookups run at once, so a key-guessing flood cannot reach or
+    saturate the store. `store_lookups` and `peak_store_lookups` count what did reach it.
+    """
+
     def __init__(
         self,
         store: Store,
@@ -75,6 +84,9 @@ class Authenticator:
         keys: RedisKeys | None = None,
         ttl_s: float = 60.0,
         redis_ttl_s: int = 120,
+        negative_ttl_s: float = 5.0,
+        negative_max: int = 10_000,
+        max_store_lookups: int = 4,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -82,8 +94,19 @@ class Authenticator:
         self._keys = keys or RedisKeys()
         self._ttl_s = ttl_s
         self._redis_ttl_s = redis_ttl_s
+        self._negative_ttl_s = negative_ttl_s
+        self._negative_max = negative_max
         self._clock = clock
         self._cache: dict[str, tuple[KeyInfo, float]] = {}
+        self._unknown: OrderedDict[str, float] = OrderedDict()  # key hash → when to ask the store again
+        self._loading: dict[str, asyncio.Future[KeyInfo]] = {}
+        self._store_slots = asyncio.Semaphore(max_store_lookups)
+        # Bumped by every invalidation: a lookup that overlapped one must not cache what it read.
+        self._generation = 0
+        self.store_lookups = 0
+        self.store_lookups_in_flight = 0
+        self.peak_store_lookups = 0
+        self.negative_hits = 0
 
     async def authenticate(self, authorization: str | None) -> KeyInfo:
         """Return the caller's KeyInfo, or raise AuthenticationFailed (401)."""
@@ -93,8 +116,7 @@ class Authenticator:
         if cached is not None and cached[1] > now:
             info = cached[0]
         else:
-            info = await self._load(key_hash)
-            self._cache[key_hash] = (info, now + self._ttl_s)
+            info = await self._load_once(key_hash, now)
         if not tokens_equal(info.key.key_hash, key_hash):
             raise AuthenticationFailed("Incorrect API key provided.")
         if info.key.status != "active":
@@ -103,49 +125,113 @@ class Authenticator:
             raise AuthenticationFailed("This API key has expired.", code="expired_api_key")
         return info
 
+    async def _load_once(self, key_hash: str, now: float) -> KeyInfo:
+        """One lookup per hash at a time; every concurrent caller shares its result."""
+        retry_at = self._unknown.get(key_hash)
+        if retry_at is not None:
+            if retry_at > now:
+                self.negative_hits += 1
+                raise AuthenticationFailed("Incorrect API key provided.")
+            del self._unknown[key_hash]
+        loading = self._loading.get(key_hash)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(key_hash))
+            self._loading[key_hash] = loading
+            loading.add_done_callback(lambda done: self._loaded(key_hash, done))
+        # Shielded: a caller that disconnects must not cancel the lookup the others wait for.
+        return await asyncio.shield(loading)
+
+    def _loaded(self, key_hash: str, done: asyncio.Future[KeyInfo]) -> None:
+        if self._loading.get(key_hash) is done:
+            del self._loading[key_hash]
+        if not done.cancelled():
+            done.exception()  # retrieved: when every waiter left, asyncio must not log it as lost
+
     async def _load(self, key_hash: str) -> KeyInfo:
-        if self._redis is not None:
-            try:
-                raw = await self._redis.get(self._keys.api_key(key_hash))
-                if raw is not None:
-                    return KeyInfo.from_json(raw)
-            except (RedisError, OSError, asyncio.TimeoutError) as e:
-                log.debug("key cache unavailable (%s)", type(e).__name__)
-        key = await self._store.find_api_key_by_hash(key_hash)
-        if key is None:
-            raise AuthenticationFailed("Incorrect API key provided.")
+        generation = self._generation
+        info = await self._read_redis(key_hash)
+        if info is None:
+            info = await self._read_store(key_hash, generation)
+        if generation == self._generation:
+            self._cache[key_hash] = (info, self._clock() + self._ttl_s)
+        return info
+
+    async def _read_redis(self, key_hash: str) -> KeyInfo | None:
+        if self._redis is None:
+            return None
         try:
-            org = await self._store.get_org(key.org_id)
-        except NotFound as e:
-            raise AuthenticationFailed("Incorrect API key provided.") from e
-        budgets = tuple(b for b in await self._store.list_budgets(org.id) if b.key_id in (None, key.id))
+            raw = await self._redis.get(self._keys.api_key(key_hash))
+        except (RedisError, OSError, TimeoutError) as e:
+            log.debug("key cache unavailable (%s)", type(e).__name__)
+            return None
+        return KeyInfo.from_json(raw) if raw is not None else None
+
+    async def _read_store(self, key_hash: str, generation: int) -> KeyInfo:
+        async with self._store_slots:
+            self.store_lookups += 1
+            self.store_lookups_in_flight += 1
+            self.peak_store_lookups = max(self.peak_store_lookups, self.store_lookups_in_flight)
+            try:
+                key = await self._store.find_api_key_by_hash(key_hash)
+                org = None
+                if key is not None:
+                    try:
+                        org = await self._store.get_org(key.org_id)
+                    except NotFound:
+                        org = None
+                budgets = () if org is None or key is None else tuple(
+                    b for b in await self._store.list_budgets(org.id) if b.key_id in (None, key.id))
+            finally:
+                self.store_lookups_in_flight -= 1
+        if key is None or org is None:
+            self._remember_unknown(key_hash, generation)
+            raise AuthenticationFailed("Incorrect API key provided.")
         info = KeyInfo.build(key, org, budgets)
-        if self._redis is not None:
+        if self._redis is not None and generation == self._generation:
             try:
                 await self._redis.set(self._keys.api_key(key_hash), info.to_json(), ex=self._redis_ttl_s)
-            except (RedisError, OSError, asyncio.TimeoutError) as e:
+            except (RedisError, OSError, TimeoutError) as e:
                 log.debug("key cache write failed (%s)", type(e).__name__)
         return info
+
+    def _remember_unknown(self, key_hash: str, generation: int) -> None:
+        # A key created (and announced) while we looked must not be refused for the TTL.
+        if self._negative_ttl_s <= 0 or generation != self._generation:
+            return
+        self._unknown[key_hash] = self._clock() + self._negative_ttl_s
+        self._unknown.move_to_end(key_hash)
+        while len(self._unknown) > self._negative_max:
+            self._unknown.popitem(last=False)
+
+    @property
+    def unknown_cached(self) -> int:
+        """How many unknown key hashes are remembered now."""
+        return len(self._unknown)
 
     async def forget(self, *, key_hashes: list[str] | tuple[str, ...] = (), org_id: str | None = None) -> None:
         """Drop cached entries (this process and Redis) after a key, org or budget change.
 
         The writer of an org-wide change passes every key hash of the org, so Redis entries
-        cached by replicas that no longer run are dropped too.
+        cached by replicas that no longer run are dropped too. A new key's hash is announced
+        too, so a lookup that missed just before its creation does not keep refusing it.
         """
+        self._generation += 1
         hashes = list(key_hashes)
         if org_id:
             hashes += [h for h, (info, _) in self._cache.items() if info.org.id == org_id]
         for h in hashes:
             self._cache.pop(h, None)
+            self._unknown.pop(h, None)
         if self._redis is not None and hashes:
             try:
                 await self._redis.delete(*(self._keys.api_key(h) for h in hashes))
-            except (RedisError, OSError, asyncio.TimeoutError) as e:
+            except (RedisError, OSError, TimeoutError) as e:
                 log.warning("could not drop cached keys from Redis (%s)", type(e).__name__)
 
     async def on_change(self, kind: str, payload: dict[str, Any]) -> None:
         if kind == RESYNC:
+            self._generation += 1
             self._cache.clear()
+            self._unknown.clear()
         elif kind in ("key", "org", "budget"):
             await self.forget(key_hashes=payload.get("key_hashes") or (), org_id=payload.get("org_id"))

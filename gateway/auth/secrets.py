@@ -21,8 +21,13 @@ def generate_api_key() -> tuple[str, str, str]:
     return secret, hash_api_key(secret), secret[:DISPLAY_CHARS]
 
 
+def _raw(text: str) -> bytes:
+    # aiohttp decodes non-UTF-8 header bytes to lone surrogates; they must hash (and fail), not raise.
+    return text.encode("utf-8", "surrogatepass")
+
+
 def hash_api_key(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
+    return hashlib.sha256(_raw(secret)).hexdigest()
 
 
 def generate_admin_token() -> str:
@@ -31,4 +36,4 @@ def generate_admin_token() -> str:
 
 def tokens_equal(a: str, b: str) -> bool:
     """Constant-time comparison of two secrets or digests."""
-    return hmac.compare_digest(a.encode(), b.encode())
+    return hmac.compare_digest(_raw(a), _raw(b))

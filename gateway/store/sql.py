@@ -462,7 +462,7 @@ class SqlStore:
         self, org_id: str, *, limit_micros: int, period: str, soft_limit_pct: int = 80, key_id: str | None = None
     ) -> Budget:
         """Create or replace the budget of (org, key); the org is given by id or name."""
-        limit = check.integer("limit_micros", limit_micros, maximum=check.INT64_MAX)
+        limit = check.integer("limit_micros", limit_micros, maximum=check.MAX_MICROS)
         period = check.choice("period", period, BUDGET_PERIODS)
         soft = check.integer("soft_limit_pct", soft_limit_pct, maximum=100)
         now = encode_time(self._now())

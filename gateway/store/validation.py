@@ -16,6 +16,10 @@ from gateway.errors import InvalidRequest
 
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
+# Money is integer micro-USD, and the Redis limiter's Lua scripts hold it in doubles: exact below 2**53.
+MAX_MICROS = 2**53 - 1
+# USD per 1M tokens (= micro-USD per token): even INT32_MAX tokens at this price stay below MAX_MICROS.
+MAX_PRICE = 100_000.0
 MAX_NAME_LENGTH = 200
 
 
@@ -35,7 +39,9 @@ def name(field: str, value: object, *, allow_empty: bool = False) -> str:
     if not allow_empty and not value.strip():
         raise _bad(field, "must not be empty")
     if len(value) > MAX_NAME_LENGTH or value != value.strip():
-        raise _bad(field, f"must be at most {MAX_NAME_LENGTH} characters without surrounding spaces, got {value!r}")
+        raise _bad(field, f"must be at most {MAX_NAME_LENGTH} characters without surrounding spaces, got {value[:64]!r}")
+    if "\x00" in value:  # PostgreSQL text cannot hold NUL; SQLite would, and the two must agree
+        raise _bad(field, "must not contain NUL characters")
     return value
 
 
@@ -54,8 +60,8 @@ def optional_integer(field: str, value: object, *, minimum: int = 0, maximum: in
 def price(field: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _bad(field, f"must be a number, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise _bad(field, f"must be a non-negative number, got {value}")
+    if not math.isfinite(value) or not 0 <= value <= MAX_PRICE:
+        raise _bad(field, f"must be a non-negative number of at most {MAX_PRICE:g} (USD per 1M tokens), got {value}")
     return float(value)
 
 
