@@ -5,8 +5,10 @@ Local lakes are read with DuckDB's Parquet reader; S3 lakes through a pyarrow da
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 
 import duckdb
@@ -151,6 +153,69 @@ class LakeQuery:
             f"(SELECT any_value(cost_micros) AS cost FROM usage{where} GROUP BY request_id)", params)
         return int(table.column("spent")[0].as_py())
 
+    def spend_windows(self, windows: Sequence[tuple[str, str | None, int | None, int]], *,
+                      timeout_s: float | None = None) -> list[int]:
+        """Exact spend (micro-USD) per window, all in one grouped query; each request_id counted once.
+
+        A window `(org_id, key_id, start_us, cut_us)` sums the requests of `org_id` (of `key_id`
+        only, unless None) that started at or after `start_us` (None: any time) and ended
+        (ts + latency_ms) before `cut_us`, both epoch µs. Budget counters take their spend from
+        here after a restart or a Redis data loss (gateway/limits/restore.py).
+
+        Raises:
+            LakeError: the lake cannot be read, or the query ran longer than `timeout_s`.
+        """
+        if not windows:
+            return []
+        orgs = sorted({w[0] for w in windows})
+        where = ["cost_micros <> 0", f"org_id IN ({', '.join('?' * len(orgs))})", "dt <= CAST(? AS DATE)"]
+        params: list[object] = [*orgs, _utc_date(max(w[3] for w in windows))]
+        if all(w[2] is not None for w in windows):
+            where.append("dt >= CAST(? AS DATE)")  # partition pruning: only the periods' days
+            params.append(_utc_date(min(w[2] for w in windows)))  # type: ignore[type-var]  # all set here
+        values = ", ".join(["(?::INTEGER, ?::VARCHAR, ?::VARCHAR, ?::BIGINT, ?::BIGINT)"] * len(windows))
+        sql = (
+            f"WITH w(i, org_id, key_id, start_us, cut_us) AS (VALUES {values}), "
+            "u AS (SELECT any_value(org_id) AS org_id, any_value(key_id) AS key_id, any_value(cost_micros) AS cost, "
+            "any_value(epoch_us(ts)) AS start_us, "
+            "any_value(epoch_us(ts) + CAST(round(latency_ms * 1000) AS BIGINT)) AS end_us "
+            f"FROM usage WHERE {' AND '.join(where)} GROUP BY request_id) "
+            "SELECT w.i, CAST(coalesce(sum(u.cost), 0) AS BIGINT) AS spent FROM w LEFT JOIN u "
+            "ON u.org_id = w.org_id AND (w.key_id IS NULL OR u.key_id = w.key_id) "
+            "AND (w.start_us IS NULL OR u.start_us >= w.start_us) AND u.end_us < w.cut_us "
+            "GROUP BY w.i ORDER BY w.i"
+        )
+        window_params = [v for i, (org, key, start, cut) in enumerate(windows) for v in (i, org, key, start, cut)]
+        with self._deadline(timeout_s) as expired:
+            try:
+                table = self._run(sql, [*window_params, *params])
+            except LakeError as e:
+                if expired.is_set():
+                    raise LakeError(f"the spend query took longer than {timeout_s:g}s and was stopped") from e
+                raise
+        return [int(v) for v in table.column("spent").to_pylist()]
+
+    @contextlib.contextmanager
+    def _deadline(self, timeout_s: float | None) -> Iterator[threading.Event]:
+        """Interrupt the running query after `timeout_s` (the event says it happened)."""
+        expired = threading.Event()
+        if timeout_s is None:
+            yield expired
+            return
+
+        def interrupt() -> None:
+            expired.set()
+            if self._con is not None:
+                self._con.interrupt()
+
+        timer = threading.Timer(timeout_s, interrupt)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield expired
+        finally:
+            timer.cancel()
+
     def spend(self, by: str | Sequence[str] = "org", *, since: datetime | timedelta | str | None = None,
               org: str | None = None) -> pa.Table:
         """Requests, tokens and cost (exact, DECIMAL USD) grouped by org|key|model|day (or several)."""
@@ -218,6 +283,10 @@ class LakeQuery:
             f"CAST(sum(prompt_tokens) AS BIGINT) AS prompt_tokens, "
             f"CAST(sum(completion_tokens) AS BIGINT) AS completion_tokens, {_COST} AS cost_usd "
             f"FROM usage{where} GROUP BY ALL ORDER BY ALL", [*params, first.isoformat(), after.isoformat()])
+
+
+def _utc_date(epoch_us: int) -> str:
+    return datetime.fromtimestamp(epoch_us / 1_000_000, UTC).date().isoformat()
 
 
 __all__ = ["DIMENSIONS", "LakeQuery"]

@@ -1,12 +1,20 @@
-"""Where the gateway's usage events go: the configured sink of `analytics_lake`, built from Settings."""
+"""Where the gateway's usage events go (the configured sink of `analytics_lake`), and how budgets
+read their spend back from the lake; both built from Settings."""
 
 from __future__ import annotations
 
-from datetime import datetime
+import asyncio
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from analytics_lake.errors import LakeError
 from analytics_lake.location import LakeConfig
+from analytics_lake.sink import UsageSink
 from gateway.settings import Settings
+
+if TYPE_CHECKING:  # opsctl's lake commands import this module: keep the limits package out of them
+    from gateway.limits.restore import BudgetRestorer, SpendWindow
 
 
 def lake_config(settings: Settings) -> LakeConfig:
@@ -51,9 +59,46 @@ def build_sink(settings: Settings, writer_id: str):  # noqa: ANN201 - a UsageSin
                      flush_interval_s=settings.lake_flush_s, flush_rows=settings.lake_flush_rows)
 
 
-def spend_since(settings: Settings, *, org_id: str, key_id: str | None, since: datetime | None) -> int:
-    """Spend in the lake (micro-USD) for budget rebuilds; blocking (run it in a thread)."""
-    from analytics_lake.query import LakeQuery
+def budget_restorer(settings: Settings, sink: UsageSink | None) -> BudgetRestorer:
+    """The restorer that gives budget counters their spend from the lake (gateway/limits/restore.py):
+    `sink` is flushed first, the query runs in a thread and is stopped after
+    `budget_restore_timeout_s`."""
+    from gateway.limits.restore import BudgetRestorer, RestoreFailed
 
-    with LakeQuery(lake_config(settings)) as query:
-        return query.spent_micros(org_id, key_id=key_id, since=since)
+    config = lake_config(settings)
+    timeout_s = settings.budget_restore_timeout_s
+
+    def query(windows: Sequence[SpendWindow]) -> list[int]:
+        from analytics_lake.query import LakeQuery
+
+        with LakeQuery(config) as lake:
+            return lake.spend_windows(windows, timeout_s=timeout_s)
+
+    async def lake_spend(windows: Sequence[SpendWindow]) -> list[int]:
+        import pyarrow as pa
+
+        try:
+            # The thread stops the query itself; the outer bound also covers listing the lake.
+            return await asyncio.wait_for(asyncio.to_thread(query, windows), timeout_s + 1.0)
+        except TimeoutError as e:
+            raise RestoreFailed(f"reading spend from the usage lake took longer than {timeout_s:g}s") from e
+        except (LakeError, OSError, pa.ArrowException) as e:
+            raise RestoreFailed(f"reading spend from the usage lake failed: {e}") from e
+
+    async def flush() -> None:
+        import pyarrow as pa
+
+        assert sink is not None
+        # Shielded: a flush cancelled halfway could convert a spool segment twice; a slow one
+        # goes on in the background (its sink reports its own errors) while this restore gives up.
+        task = asyncio.ensure_future(sink.flush())
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout_s)
+        except TimeoutError as e:
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            raise RestoreFailed(f"writing usage events to the lake took longer than {timeout_s:g}s") from e
+        except (LakeError, OSError, pa.ArrowException) as e:
+            raise RestoreFailed(f"writing usage events to the lake failed: {e}") from e
+
+    return BudgetRestorer(lake_spend, flush=flush if sink is not None else None,
+                          follow_up_s=2 * settings.lake_flush_s + 5.0)

@@ -6,6 +6,7 @@ Two implementations keep one contract: `RedisLimiter` (global, across replicas) 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 from gateway.errors import InvalidRequest
 
 if TYPE_CHECKING:
+    from gateway.limits.restore import Restored
     from gateway.store.models import Budget
 
 BUDGET_SCOPES = ("org", "key")
@@ -263,7 +265,21 @@ class Limiter(Protocol):
         ...
 
     async def rebuild(self, rule: BudgetRule, spent_micros: int) -> None:
-        """Set the current period's spend of `rule` (e.g. from the usage lake after data loss)."""
+        """Set the current period's spend of `rule` outright (counted as restored from the lake)."""
+        ...
+
+    async def restore_budgets(self, rules: Sequence[BudgetRule], *, reset: bool = False) -> list[Restored]:
+        """Give the current periods of `rules` their spend from the usage lake, where they lack it
+        (a no-op returning [] for a limiter built without a restorer). Limiters also do this on
+        their own for periods they meet without it; the gateway calls it at start-up for all budgets.
+
+        Args:
+            reset: first forget what was counted before now, and take it from the lake instead
+                (`opsctl budget rebuild`).
+
+        Raises:
+            ServiceUnavailable: the lake (RestoreFailed) or Redis is unreachable; a retry is scheduled.
+        """
         ...
 
     async def close(self) -> None:

@@ -2,7 +2,9 @@
 -- spend (rebuild from the usage lake), return the counters.
 --
 -- KEYS[1] counters hash, KEYS[2] lease zset
--- ARGV[1]: one "|"-separated string (fewer arguments = less client CPU): now, mode ("get" | "set"), spent (for "set"), ttl_ms (0 = never expires)
+-- ARGV[1]: one "|"-separated string (fewer arguments = less client CPU): now, mode ("get" | "set"),
+--       spent (for "set"), ttl_ms (0 = never expires), now in epoch ms
+-- "set" makes `spent` the lake's part, counted up to now (see restore.lua).
 -- Returns {spent, reserved}.
 local arg = {}
 for v in string.gmatch(ARGV[1], '[^|]+') do arg[#arg + 1] = v end
@@ -16,7 +18,8 @@ if #expired > 0 then
   redis.call('HINCRBY', h, 'reserved', -freed)
 end
 if arg[2] == 'set' then
-  redis.call('HSET', h, 'spent', arg[3])
+  redis.call('HSET', h, 'spent', arg[3], 'lake', arg[3], 'since', arg[5])
+  redis.call('HDEL', h, 'base')
   local ttl = tonumber(arg[4])
   if ttl > 0 then
     redis.call('PEXPIRE', h, ttl)

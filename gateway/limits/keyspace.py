@@ -15,9 +15,11 @@ class KeySpace:
 
     Layout:
         {p}:{org}:rl:{scope}:{id}:rpm|tpm          GCRA theoretical arrival time (ms), PX until idle
-        {p}:{org}:budget:{scope}:{id}:{period}:{suffix}         HASH spent, reserved (micro-USD)
+        {p}:{org}:budget:{scope}:{id}:{period}:{suffix}         HASH spent, reserved (micro-USD); since, lake,
+                                                   base: its part from the usage lake (restore.py)
         {p}:{org}:budget:{scope}:{id}:{period}:{suffix}:leases  ZSET "{rid}:{micros}" -> lease expiry (ms)
         {p}:{org}:res:{rid}                        open-reservation marker (settle idempotency)
+        {p}:{org}:recon:{batch}                    applied-batch marker (reconcile idempotency)
     """
 
     prefix: str = "fg"
@@ -32,3 +34,6 @@ class KeySpace:
 
     def marker(self, org_id: str, reservation_id: str) -> str:
         return f"{self.prefix}:{{{org_id}}}:res:{reservation_id}"
+
+    def reconcile_marker(self, org_id: str, batch_id: str) -> str:
+        return f"{self.prefix}:{{{org_id}}}:recon:{batch_id}"

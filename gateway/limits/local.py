@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from gateway.errors import InvalidRequest
 from gateway.limits.base import (
@@ -34,20 +34,29 @@ from gateway.limits.plan import (
     refuse,
     unlimited,
 )
+from gateway.limits.restore import BudgetRestorer, Restored, RestorePoint
 
 SWEEP_INTERVAL_S = 60.0
 
 
 class _Budget:
-    """One budget period: counters plus open leases in expiry order (member -> (expiry_s, micros))."""
+    """One budget period: counters plus open leases in expiry order (member -> (expiry_s, micros)).
 
-    __slots__ = ("spent", "reserved", "leases", "expire_at_s")
+    `spent` = `lake` (the lake's spend of requests that ended before `since_ms`; None until
+    restored) + what was settled here since `since_ms`; `base` is dropped from `spent` by the next
+    restore (what was counted before a reset).
+    """
 
-    def __init__(self, expire_at_ms: int) -> None:
+    __slots__ = ("spent", "reserved", "leases", "expire_at_s", "since_ms", "lake", "base")
+
+    def __init__(self, expire_at_ms: int, since_ms: int) -> None:
         self.spent = 0
         self.reserved = 0
         self.leases: OrderedDict[str, tuple[float, int]] = OrderedDict()
         self.expire_at_s = expire_at_ms / 1000.0 if expire_at_ms else 0.0
+        self.since_ms = since_ms
+        self.lake: int | None = None
+        self.base = 0
 
     def purge(self, now_s: float) -> None:
         """Free leases that expired (their gateway never settled them); oldest first."""
@@ -61,7 +70,11 @@ class _Budget:
 
 
 class LocalLimiter:
-    """`Limiter` for one process. State lives in this object; nothing is shared between processes."""
+    """`Limiter` for one process. State lives in this object; nothing is shared between processes.
+
+    With a `restorer`, every budget period gets the usage lake's spend when this limiter first
+    meets it (so spend survives a restart, and a new budget counts its period's earlier spend).
+    """
 
     def __init__(
         self,
@@ -70,6 +83,7 @@ class LocalLimiter:
         lease_s: float = 900,
         prefix: str = "fg",
         hooks: LimiterHooks | None = None,
+        restorer: BudgetRestorer | None = None,
     ) -> None:
         if lease_s <= 0:
             raise InvalidRequest(f"lease_s={lease_s!r} is invalid: expected a positive number of seconds")
@@ -81,6 +95,7 @@ class LocalLimiter:
         self._budgets: dict[str, _Budget] = {}
         self._open: OrderedDict[str, float] = OrderedDict()  # marker key -> expiry (clock s)
         self._next_sweep = 0.0
+        self._restorer = restorer
 
     @property
     def degraded(self) -> bool:
@@ -131,15 +146,61 @@ class LocalLimiter:
     async def rebuild(self, rule: BudgetRule, spent_micros: int) -> None:
         check_amounts(spent_micros, 0)
         now_s = self._clock()
-        self._budget(self._planner.budget_slot(rule, now_s), now_s).spent = spent_micros
+        budget = self._budget(self._planner.budget_slot(rule, now_s), now_s, restore=False)
+        budget.spent = budget.lake = spent_micros
+        budget.base, budget.since_ms = 0, int(now_s * 1000)
+
+    async def restore_budgets(self, rules: Sequence[BudgetRule], *, reset: bool = False) -> list[Restored]:
+        if self._restorer is None:
+            return []
+        return await self._restorer.restore(self, rules, reset=reset)
+
+    async def restore_points(self, rules: Sequence[BudgetRule], *, reset: bool = False) -> list[RestorePoint]:
+        now_s = self._clock()
+        now_ms = int(now_s * 1000)
+        points = []
+        for rule in rules:
+            slot = self._planner.budget_slot(rule, now_s)
+            budget = self._budget(slot, now_s, restore=False)
+            if reset:
+                budget.base, budget.lake, budget.since_ms = budget.spent, None, now_ms
+            if budget.lake is None:
+                points.append(RestorePoint(slot, self._planner.window(rule, now_s).start, budget.since_ms))
+        return points
+
+    async def add_lake_spend(self, point: RestorePoint, lake_micros: int) -> int:
+        check_amounts(lake_micros, 0)
+        budget = self._budgets.get(point.slot.hash_key)
+        if budget is None or budget.since_ms != point.cut_ms:
+            return 0  # the period ended and was dropped, or it was reset after this point was taken
+        if budget.lake is None:
+            added, budget.base = lake_micros - budget.base, 0
+        elif lake_micros > budget.lake:
+            added = lake_micros - budget.lake
+        else:
+            return 0
+        budget.spent += added
+        budget.lake = lake_micros
+        return added
+
+    def forget_budgets(self) -> None:
+        """Drop every budget counter (open reservations still settle): used as the Redis outage
+        fallback, the next outage must start from the lake again, not from this one's figures."""
+        self._budgets.clear()
+
+    def is_open(self, reservation: Reservation) -> bool:
+        """True until `reservation` is settled, released or expired."""
+        return reservation.marker_key in self._open
 
     async def close(self) -> None:
         self._open.clear()
 
-    def _budget(self, slot: BudgetSlot, now_s: float) -> _Budget:
+    def _budget(self, slot: BudgetSlot, now_s: float, *, restore: bool = True) -> _Budget:
         budget = self._budgets.get(slot.hash_key)
         if budget is None:
-            budget = self._budgets[slot.hash_key] = _Budget(slot.expire_at_ms)
+            budget = self._budgets[slot.hash_key] = _Budget(slot.expire_at_ms, int(now_s * 1000))
+            if restore and self._restorer is not None:
+                self._restorer.request(self, slot)
         else:
             budget.purge(now_s)
         return budget

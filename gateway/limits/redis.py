@@ -11,7 +11,7 @@ import hashlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Protocol
@@ -22,8 +22,8 @@ from gateway.errors import InvalidRequest, ServiceUnavailable
 from gateway.limits.base import (
     OUTAGE_POLICIES,
     BudgetRule,
+    BudgetSlot,
     BudgetStatus,
-    Limiter,
     LimiterHooks,
     LimitPolicy,
     Reservation,
@@ -34,6 +34,7 @@ from gateway.limits.local import LocalLimiter
 from gateway.limits.plan import (
     OK,
     OVER_BUDGET,
+    PERIOD_MARGIN_S,
     Outcome,
     Planner,
     Template,
@@ -44,6 +45,8 @@ from gateway.limits.plan import (
     refuse,
     unlimited,
 )
+from gateway.limits.reconcile import SpendJournal
+from gateway.limits.restore import BudgetRestorer, Restored, RestorePoint
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,9 @@ log = logging.getLogger(__name__)
 OUTAGE_ERRORS = (RedisError, TimeoutError, OSError)
 NEVER_MS = 1e15  # reserve.lua's "this request never fits"
 MAX_PENDING_SETTLES = 100_000
+# A reconcile batch whose reply was lost may be re-sent until Redis answers again; its marker
+# must outlive any outage it could be re-sent after.
+RECONCILE_MARKER_TTL_MS = PERIOD_MARGIN_S * 1000
 
 
 class ScriptClient(Protocol):
@@ -108,6 +114,9 @@ class RedisLimiter:
         timeout_s: budget for one Redis call; slower counts as an outage.
         clock: epoch seconds; passed into the scripts, which never call TIME.
         fallback: limiter used under policy "local" (default: a LocalLimiter with the same clock).
+            What it settles is added to the Redis counters once Redis answers (reconcile.lua).
+        restorer: gives budget counters the usage lake's spend where they lack it (restore.py);
+            None: counters are what Redis holds.
         outage_policy: "local" (per-replica limits), "fail-open" (no limits) or "fail-closed" (503).
         probe_interval_s: while degraded, at most one request per interval tries Redis.
         max_inflight: Redis calls in flight at once; more wait (within timeout_s). Keep it below
@@ -122,11 +131,12 @@ class RedisLimiter:
         lease_s: float = 900,
         timeout_s: float = 0.25,
         clock: Callable[[], float] = time.time,
-        fallback: Limiter | None = None,
+        fallback: LocalLimiter | None = None,
         outage_policy: str = "local",
         hooks: LimiterHooks | None = None,
         probe_interval_s: float = 1.0,
         max_inflight: int = 50,
+        restorer: BudgetRestorer | None = None,
     ) -> None:
         if outage_policy not in OUTAGE_POLICIES:
             raise InvalidRequest(
@@ -142,17 +152,21 @@ class RedisLimiter:
         self._timeout_s = timeout_s
         self._policy = outage_policy
         self._hooks = hooks or LimiterHooks()
-        self._fallback: Limiter = fallback or LocalLimiter(clock=clock, lease_s=lease_s, prefix=prefix, hooks=hooks)
+        self._fallback = fallback or LocalLimiter(clock=clock, lease_s=lease_s, prefix=prefix, hooks=hooks)
+        self._restorer = restorer
         self._planner = Planner(KeySpace(prefix), lease_s)
         self._probe_interval_s = probe_interval_s
         self._inflight = asyncio.Semaphore(max_inflight)
         self._reserve_script = _Script.load("reserve.lua")
         self._settle_script = _Script.load("settle.lua")
         self._budget_script = _Script.load("budget.lua")
+        self._restore_script = _Script.load("restore.lua")
+        self._reconcile_script = _Script.load("reconcile.lua")
         self._degraded = False
         self._next_probe = 0.0
         self._pending: deque[tuple[Reservation, int, int]] = deque()
-        self._replay_task: asyncio.Task[None] | None = None
+        self._journal = SpendJournal(self._planner.new_id)
+        self._recover_task: asyncio.Task[None] | None = None
 
     @property
     def degraded(self) -> bool:
@@ -162,6 +176,11 @@ class RedisLimiter:
     def pending_settles(self) -> int:
         """Settles made while Redis was down, replayed when it is back."""
         return len(self._pending)
+
+    @property
+    def pending_reconcile_micros(self) -> int:
+        """Spend the local fallback settled that Redis has not counted yet."""
+        return self._journal.micros
 
     async def reserve(self, policy: LimitPolicy, *, cost_micros: int, tokens: int) -> Reservation:
         check_amounts(cost_micros, tokens)
@@ -187,6 +206,8 @@ class RedisLimiter:
                 values = [*map(int, raw.split(b"," if type(raw) is bytes else ","))]
                 if values[0] != OK:
                     refuse(template, cost_micros, tokens, self._refusal(template, values), self._hooks)
+                if values[1]:
+                    self._unrestored(template.budgets, values[1])
                 end = 3 + 2 * len(template.rates)
                 return accept(template, rid, "redis", cost_micros, tokens, values[3:end], values[end:], self._hooks)
         if self._policy == "local":
@@ -203,7 +224,7 @@ class RedisLimiter:
         check_amounts(cost_micros, tokens)
         if reservation.origin != "redis":
             if reservation.origin == "local":
-                await self._fallback.settle(reservation, cost_micros=cost_micros, tokens=tokens)
+                await self._settle_local(reservation, cost_micros, tokens)
             return
         template = reservation.template
         if template is None or not template.needs_settle:
@@ -239,14 +260,42 @@ class RedisLimiter:
         check_amounts(spent_micros, 0)
         await self._budget_call(rule, self._clock(), "set", spent_micros)
 
+    async def restore_budgets(self, rules: Sequence[BudgetRule], *, reset: bool = False) -> list[Restored]:
+        if self._restorer is None:
+            return []
+        return await self._restorer.restore(self, rules, reset=reset)
+
+    async def restore_points(self, rules: Sequence[BudgetRule], *, reset: bool = False) -> list[RestorePoint]:
+        now_s = self._clock()
+        slots = [self._planner.budget_slot(rule, now_s) for rule in rules]
+        mode = "reset" if reset else "probe"
+        cuts = await asyncio.gather(*(self._restore_call(slot, now_s, mode) for slot in slots),
+                                    return_exceptions=True)
+        points = []
+        for slot, cut in zip(slots, cuts, strict=True):
+            if isinstance(cut, BaseException):
+                raise cut
+            if cut >= 0:
+                points.append(RestorePoint(slot, self._planner.window(slot.rule, now_s).start, cut))
+        return points
+
+    async def add_lake_spend(self, point: RestorePoint, lake_micros: int) -> int:
+        check_amounts(lake_micros, 0)
+        return await self._restore_call(point.slot, self._clock(), "add", point.cut_ms, lake_micros)
+
     async def close(self) -> None:
-        """Stop replaying; flush what is still pending if Redis answers (best effort, bounded)."""
-        task, self._replay_task = self._replay_task, None
+        """Stop recovering; send what is still pending if Redis answers (best effort, bounded)."""
+        task, self._recover_task = self._recover_task, None
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        if self._pending and not self._degraded:
-            await self._replay()
+        if not self._degraded:
+            if self._pending:
+                await self._replay()
+            await self._reconcile()
+        if len(self._journal):
+            log.warning("limits: %d micro-USD of spend made during the Redis outage was not added to Redis; "
+                        "`opsctl budget rebuild` takes it from the lake", self._journal.micros)
         await self._fallback.close()
 
     # --- Redis calls -----------------------------------------------------------------------
@@ -314,7 +363,7 @@ class RedisLimiter:
     async def _budget_call(self, rule: BudgetRule, now_s: float, mode: str, spent: int) -> tuple[int, int]:
         slot = self._planner.budget_slot(rule, now_s)
         ttl_ms = max(1, slot.expire_at_ms - int(now_s * 1000)) if slot.expire_at_ms else 0
-        args = [to_ms(now_s), mode, spent, ttl_ms]
+        args = [to_ms(now_s), mode, spent, ttl_ms, int(now_s * 1000)]
         try:
             raw = await self._call(self._budget_script, 2, (slot.hash_key, slot.lease_key, "|".join(map(str, args))))
         except OUTAGE_ERRORS as e:
@@ -322,6 +371,76 @@ class RedisLimiter:
             raise ServiceUnavailable("Budget counters are unreachable (Redis is down).", code="limits_unavailable") from e
         self._came_up()
         return int(raw[0]), int(raw[1])
+
+    async def _restore_call(self, slot: BudgetSlot, now_s: float, mode: str, cut_ms: int = 0,
+                            lake: int = 0) -> int:
+        """restore.lua in `mode` for one budget period (see its header)."""
+        now_ms = int(now_s * 1000)
+        ttl_ms = max(1, slot.expire_at_ms - now_ms) if slot.expire_at_ms else 0
+        arg = f"{mode}|{now_ms}|{ttl_ms}|{cut_ms}|{lake}"
+        try:
+            raw = await self._call(self._restore_script, 1, (slot.hash_key, arg))
+        except OUTAGE_ERRORS as e:
+            self._went_down(e)
+            raise ServiceUnavailable("Budget counters are unreachable (Redis is down).",
+                                     code="limits_unavailable") from e
+        self._came_up()
+        return int(raw)
+
+    # --- after an outage: the lake's part, and what the local fallback settled ------------------
+
+    def _unrestored(self, slots: tuple[BudgetSlot, ...], mask: int) -> None:
+        """Budgets whose counters lack the lake's part (flagged by a script): have it added."""
+        if self._restorer is None:
+            return
+        for index, slot in enumerate(slots):
+            if mask >> index & 1:
+                self._restorer.request(self, slot)
+
+    async def _settle_local(self, reservation: Reservation, cost_micros: int, tokens: int) -> None:
+        """Settle in the fallback, and keep the spend until Redis counts it too (reconcile.lua)."""
+        first = self._fallback.is_open(reservation)
+        await self._fallback.settle(reservation, cost_micros=cost_micros, tokens=tokens)
+        if first and cost_micros and reservation.budgets:
+            self._journal.add(reservation.org_id, reservation.budgets, cost_micros, int(self._clock() * 1000))
+            if not self._degraded:
+                self._start_recovery()
+
+    def _start_recovery(self) -> None:
+        if self._recover_task is None:
+            self._recover_task = asyncio.get_running_loop().create_task(self._recover())
+
+    async def _recover(self) -> None:
+        try:
+            await self._replay()
+            await self._reconcile()
+        finally:
+            self._recover_task = None
+
+    async def _reconcile(self) -> None:
+        """Add what the fallback settled to the Redis counters, batch by batch, each exactly once."""
+        journal, keys = self._journal, self._planner.keys
+        while not self._degraded:
+            if not journal.batches:
+                journal.seal()
+                if not journal.batches:
+                    return
+            batch = journal.batches[0]
+            call = (keys.reconcile_marker(batch.org_id, batch.id), *(slot.hash_key for slot in batch.slots),
+                    "|".join(map(str, (int(self._clock() * 1000), RECONCILE_MARKER_TTL_MS, len(batch.slots),
+                                       *(slot.expire_at_ms for slot in batch.slots), len(batch.buckets),
+                                       *(f"{a}:{b}:{m}" for a, b, m in batch.buckets)))))
+            try:
+                raw = await self._call(self._reconcile_script, 1 + len(batch.slots), call)
+            except OUTAGE_ERRORS as e:
+                self._went_down(e)
+                return
+            journal.done()
+            applied, unrestored = map(int, raw.split(b"," if type(raw) is bytes else ","))
+            log.info("limits: reconciled %d micro-USD that org %s spent during the Redis outage (batch %s%s)",
+                     batch.micros, batch.org_id, batch.id, "" if applied else ", applied before")
+            if unrestored:
+                self._unrestored(batch.slots, unrestored)
 
     # --- outage state ----------------------------------------------------------------------
 
@@ -347,16 +466,18 @@ class RedisLimiter:
         if not self._degraded:
             return
         self._degraded = False
-        log.warning("limits: Redis reachable again; %d pending settles to replay", len(self._pending))
+        log.warning("limits: Redis reachable again; %d pending settles to replay, %d micro-USD of local spend to "
+                    "reconcile", len(self._pending), self._journal.micros)
         self._hooks.degraded_changed(False)
-        if self._pending and self._replay_task is None:
-            self._replay_task = asyncio.get_running_loop().create_task(self._replay_in_background())
-
-    async def _replay_in_background(self) -> None:
-        try:
-            await self._replay()
-        finally:
-            self._replay_task = None
+        # What was settled up to now is one set of batches; later settles (of reservations still
+        # open) go into new ones, so no bucket straddles this moment.
+        self._journal.seal()
+        # The next outage starts its local counters from the lake again, not from this one's.
+        self._fallback.forget_budgets()
+        if self._restorer is not None:
+            self._restorer.retry_now()  # restores that failed in the outage; Redis may have lost its data
+        if self._pending or self._journal.batches:
+            self._start_recovery()
 
     async def _replay(self) -> None:
         """Apply settles queued during the outage; settle.lua is idempotent, so a repeat is harmless."""

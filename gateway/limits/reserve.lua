@@ -11,7 +11,9 @@
 --       nr x limit, nb x (limit, expire_at epoch ms (0 = never expires))
 --       An RPM limit takes 1, a TPM limit `tokens`; the lease member is "rid:cost".
 -- Returns (as one comma-separated string: cheaper for the client to read than an array)
---         {0, 0, -1, nr x (remaining, reset_ms), nb x (spent, reserved)} when accepted,
+--         {0, unrestored, -1, nr x (remaining, reset_ms), nb x (spent, reserved)} when accepted, where
+--             bit i-1 of unrestored flags budget i's counters as lacking the usage lake's part
+--             (a new period or budget, or Redis lost its data): the client has it added (restore.lua),
 --         {1, wait_ms, failed, nr x (remaining, reset_ms)} when a rate limit refuses (wait 1e15 = never),
 --         {2, 0, failed, spent, reserved} when a budget refuses.
 local arg = {}
@@ -59,6 +61,7 @@ end
 
 -- Budgets first: an exhausted budget is the lasting condition, report it before a rate limit.
 local counters = {}
+local unrestored = 0
 for i = 1, nb do
   local h, z = KEYS[bkey + 2 * i - 1], KEYS[bkey + 2 * i]
   local expired = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'LIMIT', 0, PURGE_MAX)
@@ -68,7 +71,22 @@ for i = 1, nb do
     redis.call('ZREM', z, unpack(expired))
     redis.call('HINCRBY', h, 'reserved', -freed)
   end
-  local v = redis.call('HMGET', h, 'spent', 'reserved')
+  local v = redis.call('HMGET', h, 'spent', 'reserved', 'lake', 'since')
+  if not v[3] then
+    -- No lake part yet. Live counting starts at `since`; spend of requests that ended before it
+    -- comes from the lake. Only the first reserve of a period (or after a data loss) gets here.
+    if v[4] then
+      unrestored = unrestored + 2 ^ (i - 1)
+    elseif v[1] then
+      -- Counted by a gateway from before lake parts existed, which counted all spend live.
+      redis.call('HSET', h, 'lake', 0, 'since', now_epoch)
+    else
+      redis.call('HSET', h, 'since', now_epoch)
+      local expire_at = tonumber(arg[barg + 2 * i])
+      if expire_at > 0 then redis.call('PEXPIRE', h, math.max(1, expire_at - now_epoch)) end
+      unrestored = unrestored + 2 ^ (i - 1)
+    end
+  end
   local spent, reserved = tonumber(v[1]) or 0, tonumber(v[2]) or 0
   if spent + reserved + cost > tonumber(arg[barg + 2 * i - 1]) then
     return pack({2, 0, i - 1, spent, reserved})
@@ -99,7 +117,7 @@ if failed >= 0 then
   return pack(out)
 end
 
-local out = {0, 0, -1}
+local out = {0, unrestored, -1}
 for i = 1, nr do
   if news[i] > 0 then
     redis.call('SET', KEYS[1 + i], string.format('%.17g:%.17g', news[i], nows[i]), 'PX', math.ceil(news[i]))
