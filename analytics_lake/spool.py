@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import pyarrow as pa
 
-from analytics_lake.errors import LakeError
+from analytics_lake.errors import LakeError, SpoolLocked
 from analytics_lake.location import Lake, LakeConfig, check_name_part, open_lake
 from analytics_lake.spool_files import (
     FlushReport,
@@ -91,7 +91,12 @@ class SpoolSink:
 
     async def start(self) -> None:
         self._lake = await asyncio.to_thread(open_lake, self._lake_config)
-        self._lock_fd = await asyncio.to_thread(acquire_lock, self.spool_dir)
+        try:
+            self._lock_fd = await asyncio.to_thread(acquire_lock, self.spool_dir)
+        except SpoolLocked as e:
+            raise SpoolLocked(
+                f"usage spool {self.spool_dir} is locked by another running gateway (same state dir and "
+                "port); stop it, or start this one with another port or state dir") from e
         for path in list_segments(self.spool_dir):
             stamp = segment_stamp(path.name) or 0
             self._closed.append(_Segment(path, stamp, None))
@@ -149,7 +154,8 @@ class SpoolSink:
         stamp = max(time.time_ns() // 1000, self._last_stamp + 1)
         self._last_stamp = stamp
         path = self.spool_dir / segment_name(stamp)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        # 0600: usage events name orgs, keys and models; nobody else on the machine may read them
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self._dir_dirty = True
         return _Segment(path, stamp, fd)
 

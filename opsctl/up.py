@@ -2,10 +2,12 @@
 
 Everything runs as child processes of this one; Ctrl-C (or SIGTERM) stops them all.
 Running it again reuses the state directory: the same admin token, org, demo key and models.
+One `opsctl up` per state dir (a flock held for its whole life); the state dir is private (0700/0600).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -16,25 +18,59 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
 from gateway.auth.secrets import generate_admin_token
 from gateway.errors import FleetgateError
 from gateway.settings import Settings
-from opsctl.client import ADMIN_TOKEN_FILE, AdminClient
+from opsctl.client import AdminClient, GatewayUnreachable, path_part
+from opsctl.state import (
+    ADMIN_TOKEN_FILE,
+    DEMO_KEY_FILE,
+    GATEWAY_URL_FILE,
+    StackLock,
+    make_private,
+    read_value,
+    write_private,
+)
 
-DEMO_KEY_FILE = "demo_key"
 DEMO_ORG = "demo"
 DEMO_MODELS = (
     # name, input $/1M, output $/1M
     ("demo-chat", 0.5, 1.5),
     ("demo-embed", 0.02, 0.0),
 )
+# Endpoints `opsctl up` registers carry this release; only those are ever removed by it, so
+# endpoints a user registered on the demo models survive a restart.
+UP_RELEASE = "opsctl-up"
+PRIVATE_UMASK = 0o077  # files of this process and its children: owner only
 
 
 class StackError(FleetgateError):
+    """The stack could not start or a part of it died (exit 1)."""
+
     status = 500
     code = "stack_failed"
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail before anything starts if something already listens on host:port.
+
+    Raises:
+        StackError: the port is taken or cannot be bound.
+    """
+    if port == 0:
+        raise StackError("opsctl up needs a fixed port (--port 0 is not supported)")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise StackError(f"cannot resolve host {host!r}: {e.strerror}") from e
+    with socket.socket(family, kind, proto) as s:
+        # SO_REUSEADDR: connections of an earlier run in TIME_WAIT do not count as "in use"
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as e:
+            raise StackError(f"port {port} on {host} is already in use ({e.strerror}); stop what listens "
+                             "there or pick another port with --port") from e
 
 
 def _free_port() -> int:
@@ -43,22 +79,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _secret_file(path: Path, value: str) -> None:
-    path.touch(mode=0o600, exist_ok=True)
-    path.chmod(0o600)
-    path.write_text(value + "\n")
-
-
-def admin_token_for(settings: Settings) -> str:
-    """FLEETGATE_ADMIN_TOKEN when set, else the one saved in the state dir (created once)."""
+def admin_token_for(settings: Settings) -> tuple[str, Path | None]:
+    """FLEETGATE_ADMIN_TOKEN when set, else the one saved in the state dir (created once), and its file."""
     if settings.admin_token:
-        return settings.admin_token
+        return settings.admin_token, None
     path = Path(settings.state_dir) / ADMIN_TOKEN_FILE
-    if path.is_file() and path.read_text().strip():
-        return path.read_text().strip()
-    token = generate_admin_token()
-    _secret_file(path, token)
-    return token
+    token = read_value(path)
+    if token is None:
+        token = generate_admin_token()
+        write_private(path, token)
+    return token, path
+
+
+def _http_status(url: str, path: str, token: str | None = None) -> int | None:
+    """Status of GET url+path, or None while nothing answers."""
+    try:
+        with AdminClient(url, token, timeout=2.0) as client:
+            return client.get_status(path)
+    except GatewayUnreachable:
+        return None
 
 
 @dataclass
@@ -70,27 +109,25 @@ class Stack:
     def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child's lifetime
         proc = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+                                env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
+                                umask=PRIVATE_UMASK)
         log.close()
         self.procs.append((name, proc))
         return proc
 
-    def wait_http(self, name: str, url: str, timeout: float = 60.0,
+    def wait_http(self, name: str, url: str, path: str, timeout: float = 60.0,
                   cancelled: Callable[[], bool] = lambda: False) -> None:
         deadline = time.monotonic() + timeout
         proc = dict(self.procs)[name]
         while time.monotonic() < deadline and not cancelled():
             if proc.poll() is not None:
                 raise StackError(f"{name} exited with {proc.returncode}; see {self.log_dir / (name + '.log')}")
-            try:
-                if httpx.get(url, timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
+            if _http_status(url, path) == 200:
+                return
             time.sleep(0.1)
         if cancelled():
             raise StackError("interrupted while starting")
-        raise StackError(f"{name} did not become ready at {url} within {timeout:.0f}s")
+        raise StackError(f"{name} did not become ready at {url}{path} within {timeout:.0f}s")
 
     def stop(self) -> None:
         for _, proc in reversed(self.procs):
@@ -106,6 +143,7 @@ class Stack:
 
 
 def _ensure_demo(client: AdminClient, state_dir: Path, sims: dict[str, str]) -> str:
+    """The demo org, models pointing at this run's pods, and a working demo key (returned)."""
     try:
         client.get(f"/admin/v1/organizations/{DEMO_ORG}")
     except FleetgateError as e:
@@ -115,56 +153,102 @@ def _ensure_demo(client: AdminClient, state_dir: Path, sims: dict[str, str]) -> 
     for name, input_price, output_price in DEMO_MODELS:
         url = sims[name]
         try:
-            existing = client.get(f"/admin/v1/models/production/{name}")["endpoints"]
+            existing = client.get(f"/admin/v1/models/production/{path_part(name)}")["endpoints"]
         except FleetgateError as e:
             if e.status != 404:
                 raise
-            existing = []
-        for endpoint in existing:  # pods from an earlier run listened on other ports
-            if endpoint["url"] != url:
-                client.delete(f"/admin/v1/endpoints/{endpoint['id']}")
-        client.post("/admin/v1/models", {"name": name, "environment": "production", "endpoint": url,
-                                         "input_price": input_price, "output_price": output_price,
-                                         "max_tokens": 256})
+            existing = None
+        body = {"name": name, "environment": "production", "endpoint": url, "release": UP_RELEASE}
+        if existing is None:  # prices only on creation: a user's later changes stay
+            body.update(input_price=input_price, output_price=output_price, max_tokens=256)
+        client.post("/admin/v1/models", body)
+        for endpoint in existing or ():
+            if endpoint["release"] == UP_RELEASE and endpoint["url"] != url:  # our pods of an earlier run
+                client.delete(f"/admin/v1/endpoints/{path_part(endpoint['id'])}")
     key_file = state_dir / DEMO_KEY_FILE
-    if key_file.is_file():
-        key = key_file.read_text().strip()
-        probe = httpx.get(client.base_url + "/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=5)
-        if probe.status_code == 200:
-            return key
+    key = read_value(key_file)
+    if key is not None and _http_status(client.base_url, "/v1/models", key) == 200:
+        return key
     created = client.post("/admin/v1/api-keys", {"org": DEMO_ORG, "name": "demo"})
-    _secret_file(key_file, created["key"])
+    write_private(key_file, created["key"])
     return created["key"]
 
 
-def banner(base_url: str, key: str, started_s: float) -> str:
+def banner(base_url: str, key: str, started_s: float, state_dir: Path, token_file: Path | None) -> str:
+    token_where = str(token_file) if token_file else "$FLEETGATE_ADMIN_TOKEN (not saved in the state dir)"
+    default_dir = Path(".fleetgate").resolve() == state_dir
+    find = "" if default_dir else f"\n  export FLEETGATE_STATE_DIR={state_dir}   # opsctl finds the stack from anywhere"
     return f"""
 Fleetgate is up in {started_s:.1f}s.
 
-  endpoint   {base_url}/v1
-  api key    {key}
-  models     {', '.join(name for name, _, _ in DEMO_MODELS)}
+  endpoint     {base_url}/v1
+  api key      {key}
+  models       {', '.join(name for name, _, _ in DEMO_MODELS)}
+  state dir    {state_dir}   (private: 0700)
+  admin token  {token_where}
+
+Copy into your shell:
+
+  export KEY={key}
+  export OPENAI_BASE_URL={base_url}/v1 OPENAI_API_KEY={key}{find}
 
 Try it:
 
-  curl -s {base_url}/v1/chat/completions \\
-    -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
+  curl -s $OPENAI_BASE_URL/chat/completions \\
+    -H "Authorization: Bearer $KEY" -H "Content-Type: application/json" \\
     -d '{{"model": "demo-chat", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
 
-  python -c 'from openai import OpenAI; c = OpenAI(base_url="{base_url}/v1", api_key="{key}"); \\
-print(c.chat.completions.create(model="demo-chat", messages=[{{"role": "user", "content": "Hi"}}]).choices[0].message.content)'
+  python -c 'from openai import OpenAI; r = OpenAI().chat.completions.create(model="demo-chat", \\
+messages=[{{"role": "user", "content": "Hi"}}]); print(r.choices[0].message.content)'
 
-Admin: opsctl --help (this state dir holds the admin token). Ctrl-C stops everything.
+Admin: opsctl --help (it finds this gateway and its admin token in the state dir). Ctrl-C stops everything.
 """
 
 
-def run_up(settings: Settings, *, ready_file: Path | None = None) -> int:
-    """Start the stack, print how to use it, and wait for Ctrl-C or SIGTERM."""
+def ready_record(base_url: str, key: str, started_s: float, state_dir: Path, token_file: Path | None) -> dict:
+    """What `opsctl up --output json` prints once ready (one line)."""
+    return {"status": "up", "gateway_url": base_url, "endpoint": f"{base_url}/v1", "api_key": key,
+            "models": [name for name, _, _ in DEMO_MODELS], "state_dir": str(state_dir),
+            "admin_token_file": str(token_file) if token_file else None, "pid": os.getpid(),
+            "started_s": round(started_s, 2)}
+
+
+def run_up(settings: Settings, *, json_output: bool = False, ready_file: Path | None = None) -> int:
+    """Start the stack, print how to use it, and wait for Ctrl-C or SIGTERM.
+
+    Returns:
+        0 after a requested stop, 1 when a child process died.
+
+    Raises:
+        StackRunning: another `opsctl up` runs from this state dir (it is left alone).
+        StackError: the port is taken or the stack did not start.
+        StateDirError: the state dir is not usable.
+    """
     started = time.monotonic()
     state_dir = Path(settings.state_dir).resolve()
-    (state_dir / "logs").mkdir(parents=True, exist_ok=True)
     settings = settings.replace(state_dir=state_dir)
-    token = admin_token_for(settings)
+    base_url = f"http://{settings.host}:{settings.port}"
+    previous_umask = os.umask(PRIVATE_UMASK)
+    lock = StackLock(state_dir)
+    url_file = state_dir / GATEWAY_URL_FILE
+    try:
+        make_private(state_dir)
+        lock.acquire(base_url)  # before touching anything a running stack uses
+        check_port_free(settings.host, settings.port)
+        (state_dir / "logs").mkdir(mode=0o700, exist_ok=True)
+        write_private(url_file, base_url)
+        return _run(settings, state_dir, base_url, started, json_output, ready_file)
+    finally:
+        if lock.held:
+            if read_value(url_file) == base_url:
+                url_file.unlink(missing_ok=True)  # clients fall back to the default instead of a dead URL
+            lock.release()
+        os.umask(previous_umask)
+
+
+def _run(settings: Settings, state_dir: Path, base_url: str, started: float, json_output: bool,
+         ready_file: Path | None) -> int:
+    token, token_file = admin_token_for(settings)
     stack = Stack(settings, state_dir / "logs")
     stopping = False
 
@@ -185,23 +269,27 @@ def run_up(settings: Settings, *, ready_file: Path | None = None) -> int:
                "FLEETGATE_PORT": str(settings.port), "FLEETGATE_HOST": settings.host,
                "FLEETGATE_HEALTH_INTERVAL_S": "2"}
         stack.spawn("gateway", ["-m", "opsctl", "gateway", "serve"], env=env)
-        base_url = f"http://{settings.host}:{settings.port}"
         for name, url in sims.items():
-            stack.wait_http(name, url + "/health", cancelled=lambda: stopping)
-        stack.wait_http("gateway", base_url + "/v1/status/readyz", cancelled=lambda: stopping)
+            stack.wait_http(name, url, "/health", cancelled=lambda: stopping)
+        stack.wait_http("gateway", base_url, "/v1/status/readyz", cancelled=lambda: stopping)
         with AdminClient(base_url, token) as client:
             key = _ensure_demo(client, state_dir, sims)
-        print(banner(base_url, key, time.monotonic() - started), flush=True)
+        elapsed = time.monotonic() - started
+        if json_output:
+            print(json.dumps(ready_record(base_url, key, elapsed, state_dir, token_file)), flush=True)
+        else:
+            print(banner(base_url, key, elapsed, state_dir, token_file), flush=True)
         if ready_file is not None:
             ready_file.write_text(base_url)
         while not stopping:
             for name, proc in stack.procs:
                 if proc.poll() is not None:
-                    print(f"{name} exited with {proc.returncode}; stopping (log: {stack.log_dir / name}.log)",
+                    print(f"error: {name} exited with {proc.returncode}; stopping the stack "
+                          f"(log: {stack.log_dir / name}.log)",
                           file=sys.stderr)
                     return 1
             time.sleep(0.2)
-        print("stopping…", flush=True)
+        print("stopping…", file=sys.stderr, flush=True)
         return 0
     finally:
         stack.stop()

@@ -27,8 +27,10 @@ def table_rows(result: BenchResult) -> list[dict[str, Any]]:
         {"metric": "successes", "value": result.successes},
         {"metric": "errors", "value": ", ".join(f"{k}={v}" for k, v in sorted(result.errors.items())) or "0"},
         {"metric": "req/s", "value": f"{result.rps:.1f}"},
-        {"metric": "latency ms", "value": _fmt_ms(result.latency_ms, ("p50", "p90", "p99", "max"))},
     ]
+    if result.error_count:
+        rows.append({"metric": "ok req/s", "value": f"{result.success_rps:.1f}"})
+    rows.append({"metric": "latency ms", "value": _fmt_ms(result.latency_ms, ("p50", "p90", "p99", "max"))})
     if result.stream:
         rows.append({"metric": "ttft ms", "value": _fmt_ms(result.ttft_ms, ("p50", "p90", "p99", "max"))})
     if result.rate is not None:

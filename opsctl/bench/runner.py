@@ -15,7 +15,7 @@ import aiohttp
 
 from opsctl.bench.config import BenchConfig
 from opsctl.bench.request import PreparedRequest, RequestFailed, prepare, send
-from opsctl.bench.stats import BenchResult, Recorder, summarize_ms
+from opsctl.bench.stats import BenchResult, Progress, Recorder, summarize_ms
 
 # At most this many arrivals are sent in one catch-up burst before yielding to the loop.
 _MAX_BURST = 256
@@ -95,6 +95,20 @@ class _Run:
         if in_flight:
             await asyncio.wait(in_flight, timeout=self.config.timeout_s + 1.0)
 
+    def progress(self) -> Progress:
+        now = time.perf_counter()
+        measured = self.recorder.requests
+        window = now - self.measure_from
+        return Progress(
+            elapsed_s=now - self.start,
+            total_s=self.stop_at - self.start,
+            warming_up=now < self.measure_from,
+            sent=self.total,
+            successes=self.recorder.successes,
+            errors=measured - self.recorder.successes,
+            rps=measured / window if window > 0 else 0.0,
+        )
+
     def result(self, cpu_used: float) -> BenchResult:
         cfg = self.config
         rec = self.recorder
@@ -125,6 +139,8 @@ async def run_bench(
     config: BenchConfig,
     *,
     on_measure_start: Callable[[], Awaitable[None] | None] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    progress_interval_s: float = 1.0,
 ) -> BenchResult:
     """Run the configured load against the target and return what it measured.
 
@@ -132,6 +148,7 @@ async def run_bench(
         config: a validated run description.
         on_measure_start: optional hook called once when warm-up ends (the harness samples
             server CPU time there).
+        on_progress: optional callback with a `Progress` snapshot every `progress_interval_s`.
 
     Raises:
         InvalidRequest: if the configuration is invalid.
@@ -148,13 +165,25 @@ async def run_bench(
         run.measure_from = run.start + config.warmup_s
         run.stop_at = run.measure_from + config.duration_s
         hook_task = asyncio.create_task(_call_at(run.measure_from, on_measure_start)) if on_measure_start else None
-        if config.open_loop:
-            await run.open_loop()
-        else:
-            await run.closed_loop()
-        if hook_task is not None:
-            await hook_task
+        progress_task = (asyncio.create_task(_report_progress(run, on_progress, progress_interval_s))
+                         if on_progress else None)
+        try:
+            if config.open_loop:
+                await run.open_loop()
+            else:
+                await run.closed_loop()
+            if hook_task is not None:
+                await hook_task
+        finally:
+            if progress_task is not None:
+                progress_task.cancel()
         return run.result(time.process_time() - cpu0)
+
+
+async def _report_progress(run: _Run, callback: Callable[[Progress], None], interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        callback(run.progress())
 
 
 async def _sleep_until(when: float) -> None:
@@ -179,13 +208,13 @@ async def _call_at(when: float, hook: Callable[[], Awaitable[None] | None]) -> N
         await outcome
 
 
-def run_bench_sync(config: BenchConfig) -> BenchResult:
+def run_bench_sync(config: BenchConfig, *, on_progress: Callable[[Progress], None] | None = None) -> BenchResult:
     """Run in a fresh event loop (uvloop when installed) — the entry point for the CLI."""
     config.validate()
     try:
         import uvloop
     except ImportError:  # uvloop is optional (absent on Windows)
         with asyncio.Runner() as runner:
-            return runner.run(run_bench(config))
+            return runner.run(run_bench(config, on_progress=on_progress))
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(run_bench(config))
+        return runner.run(run_bench(config, on_progress=on_progress))

@@ -45,6 +45,24 @@ def summarize_ms(samples_s: Sequence[float]) -> dict[str, float] | None:
     return out
 
 
+@dataclass(frozen=True)
+class Progress:
+    """A snapshot of a running benchmark, reported about once a second."""
+
+    elapsed_s: float
+    total_s: float  # warm-up + measured duration
+    warming_up: bool
+    sent: int  # requests started, warm-up included
+    successes: int  # measured window only, like the final result
+    errors: int
+    rps: float  # measured requests (ok + failed) per second so far
+
+    def line(self) -> str:
+        phase = " warm-up" if self.warming_up else ""
+        return (f"bench: {self.elapsed_s:.0f}/{self.total_s:.0f} s{phase}  sent {self.sent}  ok {self.successes}"
+                f"  errors {self.errors}  {self.rps:.1f} req/s")
+
+
 @dataclass
 class Recorder:
     """Accumulates outcomes of requests inside the measurement window."""

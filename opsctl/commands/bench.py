@@ -1,16 +1,16 @@
 """`opsctl bench URL --model M`: load-test any OpenAI-compatible endpoint from the terminal.
 
 Thin shell: parse options into a `BenchConfig`, run `opsctl.bench`, render table or JSON.
+Progress goes to stderr about once a second; a run where nothing succeeded exits 1.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from opsctl.bench import BenchConfig, Endpoint, run_bench_sync, table_rows
-from opsctl.bench.config import DEFAULT_MAX_IN_FLIGHT, DEFAULT_PROMPT
+from opsctl.bench.config import DEFAULT_MAX_IN_FLIGHT, DEFAULT_PROMPT, BenchConfig, Endpoint
 from opsctl.common import (
     EXIT_FAILED,
     CliError,
@@ -19,6 +19,9 @@ from opsctl.common import (
     handle_errors,
     render,
 )
+
+if TYPE_CHECKING:
+    from opsctl.bench.stats import Progress
 
 
 @handle_errors
@@ -44,9 +47,13 @@ def bench_command(
     max_in_flight: Annotated[
         int, typer.Option("--max-in-flight", help="open loop: arrivals beyond this many in flight are dropped")
     ] = DEFAULT_MAX_IN_FLIGHT,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress lines on stderr")] = False,
     output: OutputOpt = Output.table,
 ) -> None:
-    """Load-test an OpenAI-compatible endpoint; report req/s, latency and TTFT percentiles."""
+    """Load-test an OpenAI-compatible endpoint. Reports req/s, latency and TTFT percentiles."""
+    from opsctl.bench.report import table_rows
+    from opsctl.bench.runner import run_bench_sync  # aiohttp: loaded only when a run starts
+
     if rate is not None and concurrency is not None:
         raise CliError("--rate (open loop) and --concurrency (closed loop) are exclusive; pass one")
     config = BenchConfig(
@@ -64,11 +71,17 @@ def bench_command(
         timeout_s=timeout,
         max_in_flight=max_in_flight,
     )
-    result = run_bench_sync(config.validate())
+    result = run_bench_sync(config.validate(), on_progress=None if quiet else _print_progress)
     if output is Output.json:
-        render(result.to_dict(), output)
-    else:
+        render(result.to_dict(), output)  # scripts get the error counts even when all failed
+    elif result.successes:
         render(table_rows(result), output, columns=("metric", "value"))
     if result.successes == 0:
+        # No throughput or latency to report: a req/s of failures would read like a result.
         errors = ", ".join(f"{k}={v}" for k, v in sorted(result.errors.items())) or "no request completed"
-        raise CliError(f"no request succeeded against {result.url} ({errors})", EXIT_FAILED)
+        raise CliError(f"no request succeeded against {result.url}: {result.requests} requests, all failed "
+                       f"({errors})", EXIT_FAILED)
+
+
+def _print_progress(progress: Progress) -> None:
+    typer.echo(progress.line(), err=True)

@@ -1,31 +1,19 @@
 """`opsctl lake …`, `opsctl usage …` and `opsctl sql`: thin shells over analytics_lake.
 
 Lake errors map to exit codes: bad input (LakeInputError, incl. refused SQL) 2, failed operation 1.
+DuckDB, pyarrow and Redis load inside the commands, so `opsctl --help` does not pay for them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import signal
-import socket
 from collections.abc import Callable
-from datetime import date
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import pyarrow as pa
-import pyarrow.csv as pacsv
 import typer
 
-from analytics_lake.compaction import compact, verify
-from analytics_lake.errors import LakeError, LakeInputError
-from analytics_lake.query import LakeQuery
-from analytics_lake.redis_stream import DEFAULT_GROUP, DEFAULT_STREAM, LakeWriter
-from analytics_lake.spool_files import flush_spool_tree
-from gateway.settings import Settings, load_settings
-from gateway.usage import lake_config
 from opsctl.common import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -35,12 +23,29 @@ from opsctl.common import (
     Output,
     OutputOpt,
     TokenOpt,
+    admin_client,
     handle_errors,
+    load_cli_settings,
+    new_app,
     render,
+    resolve_org,
 )
 
-lake_app = typer.Typer(help="The usage lake: flush spools, compact, verify, run a stream writer.", no_args_is_help=True)
-usage_app = typer.Typer(help="Usage reports and exports from the lake.", no_args_is_help=True)
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from analytics_lake.location import LakeConfig
+
+lake_app = new_app("The usage lake: flush, compact, verify, stream writer.")
+usage_app = new_app("Usage reports and exports from the lake.")
+
+# The lake's own defaults (analytics_lake.redis_stream), repeated so that help needs no Redis import;
+# tests/unit/test_cli_startup.py checks they agree.
+DEFAULT_STREAM = "fg:usage"
+DEFAULT_GROUP = "lake-writers"
+
+OrgOpt = Annotated[str | None, typer.Option("--org", help="only this org's usage (name or id; a name is "
+                                                            "looked up through the gateway)")]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,6 +55,8 @@ def lake_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from analytics_lake.errors import LakeError, LakeInputError
+
         try:
             return func(*args, **kwargs)
         except LakeInputError as e:
@@ -60,8 +67,10 @@ def lake_errors(func: F) -> F:
     return handle_errors(wrapper)  # type: ignore[return-value]
 
 
-def _settings(config: str | None, **overrides: Any) -> Settings:
-    return load_settings(config, overrides=overrides)
+def _lake(config: str | None, **overrides: Any) -> LakeConfig:
+    from gateway.usage import lake_config
+
+    return lake_config(load_cli_settings(config, **overrides))
 
 
 def _rows(table: pa.Table) -> list[dict]:
@@ -69,6 +78,9 @@ def _rows(table: pa.Table) -> list[dict]:
 
 
 def _csv_text(table: pa.Table) -> str:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
     sink = pa.BufferOutputStream()
     pacsv.write_csv(_csv_ready(table), sink)
     return sink.getvalue().to_pybytes().decode()
@@ -76,6 +88,8 @@ def _csv_text(table: pa.Table) -> str:
 
 def _csv_ready(table: pa.Table) -> pa.Table:
     """Decimals as exact text (CSV readers must not see binary floats for money)."""
+    import pyarrow as pa
+
     cols = [c.cast(pa.string()) if pa.types.is_decimal(c.type) else c for c in table.columns]
     return pa.table(cols, names=table.column_names)
 
@@ -94,11 +108,13 @@ def flush_command(
 ) -> None:
     """Flush usage to the lake: ask the running gateway to flush its spool, then write leftover
     spool segments of stopped gateways (<state_dir>/spool/*)."""
-    settings = _settings(config)
+    from analytics_lake.spool_files import flush_spool_tree
+    from gateway.usage import lake_config
+
+    settings = load_cli_settings(config)
     result: dict[str, Any] = {"gateway": "not asked"}
     if not local_only:
         from gateway.errors import FleetgateError
-        from opsctl.common import admin_client
 
         try:
             with admin_client(gateway, admin_token, config) as client:
@@ -117,20 +133,27 @@ def compact_command(
     output: OutputOpt = Output.table,
 ) -> None:
     """Merge each hour's small files into one, removing duplicate request_ids."""
+    from datetime import date
+
+    from analytics_lake.compaction import compact
+    from analytics_lake.errors import LakeInputError
+
     day = None
     if before is not None:
         try:
             day = date.fromisoformat(before)
         except ValueError as e:
             raise LakeInputError(f"--before {before!r} is invalid: expected YYYY-MM-DD") from e
-    render(compact(lake_config(_settings(config)), before=day), output)
+    render(compact(_lake(config), before=day), output)
 
 
 @lake_app.command("verify")
 @lake_errors
 def verify_command(config: ConfigOpt = None, output: OutputOpt = Output.table) -> None:
     """Check schemas, duplicates and counts per hour; exit 1 if anything is wrong."""
-    report = verify(lake_config(_settings(config)))
+    from analytics_lake.compaction import verify
+
+    report = verify(_lake(config))
     if output is Output.json:
         render(report, output)
     else:
@@ -148,9 +171,17 @@ def writer_command(
     consumer: Annotated[str | None, typer.Option("--consumer", help="default: writer-<hostname>")] = None,
     claim_idle_s: Annotated[float, typer.Option("--claim-idle-s", help="take over a dead writer's entries")] = 60.0,
     config: ConfigOpt = None,
+    output: OutputOpt = Output.table,
 ) -> None:
-    """Consume the usage stream into Parquet until SIGTERM/SIGINT."""
-    settings = _settings(config, redis_url=redis_url)
+    """Consume the usage stream into Parquet until SIGTERM/SIGINT, then print what it wrote."""
+    import asyncio
+    import signal
+    import socket
+
+    from analytics_lake.redis_stream import LakeWriter
+    from gateway.usage import lake_config
+
+    settings = load_cli_settings(config, redis_url=redis_url)
     if not settings.redis_url:
         raise CliError("no Redis configured: pass --redis-url or set FLEETGATE_REDIS_URL")
     name = consumer or f"writer-{socket.gethostname()}"
@@ -165,7 +196,7 @@ def writer_command(
         await writer.run()
 
     asyncio.run(main())
-    typer.echo(f"lake writer {name} stopped after {writer.rows_written} rows", err=True)
+    render({"consumer": name, "stream": stream, "group": group, "rows_written": writer.rows_written}, output)
 
 
 # -- opsctl usage -----------------------------------------------------------------------------
@@ -184,12 +215,17 @@ def report_command(
     by: Annotated[str, typer.Option("--by", help="org|key|model|day (spend); model|endpoint (latency); "
                                                  "model|error_type (errors); comma-separated for several")] = "org",
     since: Annotated[str | None, typer.Option("--since", help="7d, 24h, 30m or YYYY-MM-DD")] = None,
-    org: Annotated[str | None, typer.Option("--org", help="only this org's usage")] = None,
+    org: OrgOpt = None,
     config: ConfigOpt = None,
     output: OutputOpt = Output.table,
+    gateway: GatewayOpt = None,
+    admin_token: TokenOpt = None,
 ) -> None:
     """A canned usage report."""
-    with LakeQuery(lake_config(_settings(config)), org=org) as lake:
+    from analytics_lake.query import LakeQuery
+
+    org = resolve_org(org, gateway, admin_token, config)
+    with LakeQuery(_lake(config), org=org) as lake:
         report = getattr(lake, kind.value)
         render(_rows(report(by=by, since=since, org=org)), output)
 
@@ -199,12 +235,17 @@ def report_command(
 def export_command(
     month: Annotated[str, typer.Option("--month", help="YYYY-MM")],
     out: Annotated[Path, typer.Option("--out", help="CSV file to write")],
-    org: Annotated[str | None, typer.Option("--org", help="only this org")] = None,
+    org: OrgOpt = None,
     config: ConfigOpt = None,
     output: OutputOpt = Output.table,
+    gateway: GatewayOpt = None,
+    admin_token: TokenOpt = None,
 ) -> None:
     """One CSV row per org × day × model: requests, tokens, exact cost in USD."""
-    with LakeQuery(lake_config(_settings(config)), org=org) as lake:
+    from analytics_lake.query import LakeQuery
+
+    org = resolve_org(org, gateway, admin_token, config)
+    with LakeQuery(_lake(config), org=org) as lake:
         table = lake.export_month(month, org=org)
     try:
         out.write_text(_csv_text(table))
@@ -226,11 +267,16 @@ class SqlFormat(str, Enum):
 def sql_command(
     query: Annotated[str, typer.Argument(help="one read-only SELECT over the usage view")],
     format: Annotated[SqlFormat, typer.Option("--format", "-f", help="table | csv | json")] = SqlFormat.table,
-    org: Annotated[str | None, typer.Option("--org", help="the usage view holds only this org's rows")] = None,
+    org: OrgOpt = None,
     config: ConfigOpt = None,
+    gateway: GatewayOpt = None,
+    admin_token: TokenOpt = None,
 ) -> None:
-    """Read-only DuckDB SQL over the lake's `usage` view."""
-    with LakeQuery(lake_config(_settings(config)), org=org) as lake:
+    """Read-only SQL over the usage lake. DuckDB over the `usage` view (with --org: only that org's rows)."""
+    from analytics_lake.query import LakeQuery
+
+    org = resolve_org(org, gateway, admin_token, config)
+    with LakeQuery(_lake(config), org=org) as lake:
         table = lake.sql(query)
     if format is SqlFormat.csv:
         typer.echo(_csv_text(table), nl=False)

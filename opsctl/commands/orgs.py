@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from opsctl.client import path_part
 from opsctl.common import (
     ConfigOpt,
     GatewayOpt,
@@ -15,11 +16,12 @@ from opsctl.common import (
     admin_client,
     fail,
     handle_errors,
+    new_app,
     render,
 )
 
-org_app = typer.Typer(help="Organizations.", no_args_is_help=True)
-key_app = typer.Typer(help="API keys (the secret is shown once, at creation).", no_args_is_help=True)
+org_app = new_app("Organizations.")
+key_app = new_app("API keys (the secret is shown once, at creation).")
 
 ORG_COLUMNS = ("id", "name", "rpm_limit", "tpm_limit", "created_at")
 KEY_COLUMNS = ("id", "org_id", "name", "prefix", "status", "rpm_limit", "tpm_limit", "allowed_models",
@@ -62,7 +64,7 @@ def org_show(name: str, output: OutputOpt = Output.table, gateway: GatewayOpt = 
              admin_token: TokenOpt = None, config: ConfigOpt = None) -> None:
     """Show one organization (by name or id)."""
     with admin_client(gateway, admin_token, config) as client:
-        render(client.get(f"/admin/v1/organizations/{name}"), output, columns=ORG_COLUMNS)
+        render(client.get(f"/admin/v1/organizations/{path_part(name)}"), output, columns=ORG_COLUMNS)
 
 
 @key_app.command("create")
@@ -95,8 +97,9 @@ def key_create(
 
 @key_app.command("list")
 @handle_errors
-def key_list(org: Annotated[str | None, typer.Option("--org")] = None, output: OutputOpt = Output.table,
-             gateway: GatewayOpt = None, admin_token: TokenOpt = None, config: ConfigOpt = None) -> None:
+def key_list(org: Annotated[str | None, typer.Option("--org", help="organization name or id")] = None,
+             output: OutputOpt = Output.table, gateway: GatewayOpt = None, admin_token: TokenOpt = None,
+             config: ConfigOpt = None) -> None:
     """List API keys (never their secrets)."""
     with admin_client(gateway, admin_token, config) as client:
         render(client.get("/admin/v1/api-keys", org=org), output, columns=KEY_COLUMNS)
@@ -108,4 +111,4 @@ def key_revoke(key_id: str, output: OutputOpt = Output.table, gateway: GatewayOp
                admin_token: TokenOpt = None, config: ConfigOpt = None) -> None:
     """Revoke a key; every gateway replica refuses it at once."""
     with admin_client(gateway, admin_token, config) as client:
-        render(client.post(f"/admin/v1/api-keys/{key_id}/revoke"), output, columns=KEY_COLUMNS)
+        render(client.post(f"/admin/v1/api-keys/{path_part(key_id)}/revoke"), output, columns=KEY_COLUMNS)

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from opsctl.client import AdminClient
+from opsctl.client import AdminClient, path_part
 from opsctl.common import (
     ConfigOpt,
     GatewayOpt,
@@ -14,12 +14,14 @@ from opsctl.common import (
     OutputOpt,
     TokenOpt,
     admin_client,
+    decimal_text,
     fail,
     handle_errors,
+    new_app,
     render,
 )
 
-registry_app = typer.Typer(help="The model registry.", no_args_is_help=True)
+registry_app = new_app("The model registry.")
 
 EnvOpt = Annotated[str, typer.Option("--env", help="environment")]
 EndpointOpt = Annotated[str | None, typer.Option("--endpoint", help="endpoint URL")]
@@ -68,8 +70,8 @@ def registry_register(
     if weight < 0:
         fail(f"--weight must be >= 0, got {weight}")
     for name, value in (("--input-price", input_price), ("--output-price", output_price)):
-        if value is not None and value < 0:
-            fail(f"{name} must be >= 0, got {value}")
+        if value is not None and not 0 <= value < float("inf"):  # also refuses NaN
+            fail(f"{name} must be >= 0, got {decimal_text(value)}")
     if max_tokens is not None and max_tokens < 1:
         fail(f"--max-tokens must be a positive integer, got {max_tokens}")
     body: dict[str, Any] = {"name": model, "environment": env, "endpoint": endpoint, "release": release,
@@ -83,7 +85,7 @@ def registry_register(
 
 
 def _endpoint_id(client: AdminClient, model: str, env: str, url: str) -> str:
-    found = client.get(f"/admin/v1/models/{env}/{model}")
+    found = client.get(f"/admin/v1/models/{path_part(env)}/{path_part(model)}")
     for e in found["endpoints"]:
         if e["url"] == url.rstrip("/"):
             return e["id"]
@@ -101,7 +103,7 @@ def registry_deregister(model: str, env: EnvOpt = "production", endpoint: Endpoi
         if endpoint:
             result = client.delete(f"/admin/v1/endpoints/{_endpoint_id(client, model, env, endpoint)}")
         else:
-            result = client.delete(f"/admin/v1/models/{env}/{model}")
+            result = client.delete(f"/admin/v1/models/{path_part(env)}/{path_part(model)}")
     render(result, output)
 
 
@@ -112,7 +114,8 @@ def _set_status(model: str, env: str, endpoint: str | None, model_status: str, e
             result = client.patch(f"/admin/v1/endpoints/{_endpoint_id(client, model, env, endpoint)}",
                                   {"status": endpoint_status})
         else:
-            result = client.patch(f"/admin/v1/models/{env}/{model}", {"status": model_status})
+            result = client.patch(f"/admin/v1/models/{path_part(env)}/{path_part(model)}",
+                                  {"status": model_status})
     render(result, output)
 
 

@@ -25,7 +25,7 @@ def _start(state_dir, port):
     )
 
 
-def _read_banner(proc) -> tuple[str, str]:
+def _read_banner(proc) -> tuple[str, str, str]:
     lines = []
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -37,7 +37,7 @@ def _read_banner(proc) -> tuple[str, str]:
             text = "".join(lines)
             endpoint = re.search(r"endpoint\s+(\S+)", text).group(1)
             key = re.search(r"api key\s+(\S+)", text).group(1)
-            return endpoint, key
+            return endpoint, key, text
     raise AssertionError("no banner from opsctl up")
 
 
@@ -52,8 +52,13 @@ def test_up_serves_the_sdk_then_stops_everything(tmp_path):
     state_dir, port = tmp_path / "state", free_port()
     proc = _start(state_dir, port)
     try:
-        endpoint, key = _read_banner(proc)
+        endpoint, key, text = _read_banner(proc)
         assert endpoint == f"http://127.0.0.1:{port}/v1"
+        # Lines to copy: the key as $KEY (the README tour uses it), where the state and the admin token are.
+        assert f"  export KEY={key}\n" in text and f"OPENAI_API_KEY={key}" in text
+        assert f"state dir    {state_dir.resolve()}" in text
+        assert f"admin token  {state_dir.resolve() / 'admin_token'}" in text
+        assert f"export FLEETGATE_STATE_DIR={state_dir.resolve()}" in text
         client = OpenAI(base_url=endpoint, api_key=key, max_retries=0)
         assert {m.id for m in client.models.list().data} == {"demo-chat", "demo-embed"}
         reply = client.chat.completions.create(model="demo-chat", messages=[{"role": "user", "content": "hi"}])
@@ -81,7 +86,7 @@ def test_up_serves_the_sdk_then_stops_everything(tmp_path):
     # Second run reuses the state: same key still works.
     proc = _start(state_dir, port)
     try:
-        _, key2 = _read_banner(proc)
+        _, key2, _ = _read_banner(proc)
         assert key2 == key
         r = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {key}"})
         assert r.status_code == 200

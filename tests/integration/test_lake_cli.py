@@ -13,6 +13,7 @@ from analytics_lake.writer import write_batch
 from opsctl.commands.lake import lake_app, sql_command, usage_app
 
 T0 = 1_767_225_600_000_000
+ACME, GLOBEX = "org_00000000000000ac", "org_0000000000000b0b"  # the lake stores org ids
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def cli(tmp_path, monkeypatch):
 @pytest.fixture
 def lake(tmp_path):
     config = LakeConfig(f"file://{tmp_path}/lake")
-    write_batch(config, [make_event(T0 + i, org=("acme", "globex")[i % 2]) for i in range(10)], writer_id="w")
+    write_batch(config, [make_event(T0 + i, org=(ACME, GLOBEX)[i % 2]) for i in range(10)], writer_id="w")
     return config
 
 
@@ -54,9 +55,9 @@ def test_bad_input_exits_2(cli, lake, args):
 
 def test_sql_and_reports(cli, lake, tmp_path):
     result = cli("sql", "SELECT org_id, count(*) AS n FROM usage GROUP BY 1 ORDER BY 1", "--format", "csv")
-    assert result.exit_code == 0 and result.output.splitlines() == ['"org_id","n"', '"acme",5', '"globex",5']
-    result = cli("usage", "report", "spend", "--by", "org", "--org", "acme", "--output", "json")
-    assert result.exit_code == 0 and '"acme"' in result.output and "globex" not in result.output
+    assert result.exit_code == 0 and result.output.splitlines() == ['"org_id","n"', f'"{ACME}",5', f'"{GLOBEX}",5']
+    result = cli("usage", "report", "spend", "--by", "org", "--org", ACME, "--output", "json")
+    assert result.exit_code == 0 and ACME in result.output and GLOBEX not in result.output
     out = tmp_path / "jan.csv"
     result = cli("usage", "export", "--month", "2026-01", "--out", str(out))
     assert result.exit_code == 0 and out.read_text().startswith('"org_id","day","model"')
