@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.support import free_port, wait_for
+from tests.vllm import CHAT_MODEL, VllmServer, find_install
 
 E2E_TOKEN = "fg-admin-e2e"
 
@@ -69,3 +70,17 @@ def gateway_factory(tmp_path) -> Callable[..., GatewayProcess]:
     yield make
     for gw in started:
         gw.stop()
+
+
+@pytest.fixture(scope="session")
+def real_vllm(tmp_path_factory) -> Iterator[VllmServer]:
+    """One real vLLM chat server per session (started on first use, ~45 s); skips without an install.
+
+    A real vLLM is not a service FLEETGATE_REQUIRE_SERVICES covers, so its absence skips.
+    """
+    install, reason = find_install()
+    if install is None:
+        pytest.skip(reason)
+    server = VllmServer(install, CHAT_MODEL, tmp_path_factory.mktemp("vllm") / "vllm.log").start()
+    yield server
+    server.stop()
