@@ -18,9 +18,11 @@ from aiohttp import web
 from analytics_lake.sink import UsageSink
 from gateway import appkeys
 from gateway.auth.authenticator import Authenticator
-from gateway.http.middleware import errors_and_request_id
+from gateway.http.middleware import edge_middleware
 from gateway.limits import LocalLimiter, RedisLimiter
-from gateway.limits.base import Limiter
+from gateway.limits.base import BudgetRule, Limiter
+from gateway.limits.restore import BudgetRestorer, restore_at_start
+from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import LimiterMetrics, Metrics
 from gateway.proxy.dataplane import DataPlane
 from gateway.redis.bus import ChangeBus, RedisChangeBus
@@ -33,20 +35,22 @@ from gateway.routing.registry import STORE_ERRORS, Registry
 from gateway.settings import Settings
 from gateway.store import open_store
 from gateway.store.base import Store
-from gateway.usage import build_sink, lake_writer
+from gateway.usage import budget_restorer, build_sink, lake_writer
 
 log = logging.getLogger(__name__)
 
 
-def build_limiter(settings: Settings, redis: FastRedis | None, metrics: Metrics) -> Limiter:
+def build_limiter(settings: Settings, redis: FastRedis | None, metrics: Metrics,
+                  restorer: BudgetRestorer | None = None) -> Limiter:
     """RedisLimiter over the lean pipelined client (two calls per request), or LocalLimiter."""
     hooks = LimiterMetrics(metrics)
-    local = LocalLimiter(lease_s=settings.reservation_lease_s, prefix=settings.redis_prefix, hooks=hooks)
+    local = LocalLimiter(lease_s=settings.reservation_lease_s, prefix=settings.redis_prefix, hooks=hooks,
+                         restorer=restorer)
     if redis is None:
         return local
     return RedisLimiter(redis, prefix=settings.redis_prefix, lease_s=settings.reservation_lease_s,
                         timeout_s=settings.redis_timeout_ms / 1000.0, fallback=local,
-                        outage_policy=settings.limits_outage_policy, hooks=hooks)
+                        outage_policy=settings.limits_outage_policy, hooks=hooks, restorer=restorer)
 
 
 def _health_writer(store: Store):  # noqa: ANN202 - returns the prober callback
@@ -84,6 +88,13 @@ async def _cancel(task: asyncio.Task) -> None:
         await task
 
 
+async def _close_access_log(app: web.Application) -> None:
+    """Flush the access log's buffer: runs after every request has finished, at cleanup."""
+    access_log = app[appkeys.ACCESS_LOG]
+    if access_log is not None:
+        access_log.close()
+
+
 def create_app(
     settings: Settings,
     *,
@@ -101,9 +112,11 @@ def create_app(
         worker_id: names this process's usage spool and metrics.
         background: run health probes and periodic registry refresh.
     """
-    app = web.Application(middlewares=[errors_and_request_id], client_max_size=settings.max_body_bytes)
+    app = web.Application(middlewares=[edge_middleware], client_max_size=settings.max_body_bytes)
     app[appkeys.SETTINGS] = settings
     app[appkeys.METRICS] = Metrics()
+    app[appkeys.ACCESS_LOG] = AccessLog(fmt=settings.log_format) if settings.access_log else None
+    app.on_cleanup.append(_close_access_log)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         # Every resource registers its closer as soon as it is open, so a failure halfway
@@ -131,7 +144,8 @@ def create_app(
             metrics = app[appkeys.METRICS]
             registry = Registry(the_store, redis=redis, keys=keys, ttl_s=settings.registry_ttl_s, metrics=metrics)
             app[appkeys.REGISTRY] = registry
-            auth = Authenticator(the_store, redis=redis, keys=keys, redis_ttl_s=settings.registry_ttl_s)
+            auth = Authenticator(the_store, redis=redis, keys=keys, redis_ttl_s=settings.registry_ttl_s,
+                                 negative_ttl_s=settings.auth_negative_ttl_s)
             app[appkeys.AUTH] = auth
             bus.subscribe(registry.on_change)
             bus.subscribe(auth.on_change)
@@ -139,12 +153,16 @@ def create_app(
             if settings.redis_url:
                 fast = FastRedis.from_url(settings.redis_url, timeout_s=timeout, connect_timeout_s=timeout)
                 stack.push_async_callback(fast.aclose)
-            limiter = build_limiter(settings, fast, metrics)
-            stack.push_async_callback(limiter.close)
             usage_sink = sink if sink is not None else build_sink(settings, worker_id)
             if usage_sink is not None:
                 await usage_sink.start()
                 stack.push_async_callback(usage_sink.close)
+            restorer = budget_restorer(settings, usage_sink)
+            limiter = build_limiter(settings, fast, metrics, restorer)
+            stack.push_async_callback(limiter.close)
+            stack.push_async_callback(restorer.close)
+            # Before serving: budget spend comes back from the lake (the replayed spool included).
+            await restore_at_start(limiter, [BudgetRule.from_budget(b) for b in await the_store.list_budgets()])
             writer = lake_writer(settings, worker_id)
             if writer is not None:
                 stack.push_async_callback(_stop_writer, writer, asyncio.create_task(writer.run()))

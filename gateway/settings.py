@@ -42,7 +42,7 @@ class Settings:
     s3_access_key: str | None = None
     s3_secret_key: str | None = None
     admin_token: str | None = None
-    gateway_url: str = "http://127.0.0.1:8080"
+    gateway_url: str | None = None  # unset: the URL `opsctl up` recorded in state_dir, else http://127.0.0.1:8080
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
@@ -70,6 +70,7 @@ class Settings:
     lake_flush_rows: int = 500_000
     limits_outage_policy: str = "local"
     reservation_lease_s: int = 900
+    budget_restore_timeout_s: float = 30.0  # longest read of budget spend from the lake (start-up waits for it)
     log_level: str = "info"
     log_format: str = "json"  # json lines (one object per line) or text
     access_log: bool = True  # one line per request: id, org, key id, model, endpoint, status, times
@@ -96,7 +97,8 @@ class Settings:
                 raise ConfigError(f"setting {name}={getattr(self, name)!r} is invalid: expected a positive integer")
         for name in ("upstream_connect_timeout_s", "upstream_timeout_s", "health_interval_s", "eject_cooldown_s",
                      "lake_flush_s", "upstream_first_byte_timeout_s", "upstream_queue_timeout_s",
-                     "header_read_timeout_s", "body_read_timeout_s", "keepalive_timeout_s"):
+                     "header_read_timeout_s", "body_read_timeout_s", "keepalive_timeout_s",
+                     "budget_restore_timeout_s"):
             value = getattr(self, name)
             if not 0 < value < float("inf"):  # also refuses NaN
                 raise ConfigError(f"setting {name}={value!r} is invalid: expected a positive number")
@@ -115,6 +117,8 @@ class Settings:
             object.__setattr__(self, "lake_url", f"file://{self.state_dir.resolve() / 'lake'}")
         if not self.lake_url.startswith(("file://", "s3://")):
             raise ConfigError(f"setting lake_url={self.lake_url!r} is invalid: expected file:///DIR or s3://BUCKET/PREFIX")
+        if self.gateway_url is not None and not self.gateway_url.startswith(("http://", "https://")):
+            raise ConfigError(f"setting gateway_url={self.gateway_url!r} is invalid: expected http(s)://HOST:PORT")
         if self.redis_url is not None and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(f"setting redis_url={self.redis_url!r} is invalid: expected redis://HOST:PORT/DB")
 
@@ -136,8 +140,8 @@ def _coerce(name: str, raw: Any, annotation: str) -> Any:
     """Turn a TOML or env value into the field's type, or raise ConfigError naming the key."""
     try:
         if annotation in ("int",):
-            if isinstance(raw, bool):
-                raise ValueError
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError  # 2.7 workers is a mistake to report, not to truncate (also inf/NaN)
             return int(raw)
         if annotation in ("float",):
             if isinstance(raw, bool):
@@ -152,14 +156,16 @@ def _coerce(name: str, raw: Any, annotation: str) -> Any:
                 return False
             raise ValueError
         if annotation == "Path":
-            return Path(str(raw))
+            if not isinstance(raw, str | os.PathLike):
+                raise ValueError
+            return Path(raw)
         if annotation.startswith("str"):
             if raw is None or raw == "":
                 return None if "None" in annotation else ""
             if not isinstance(raw, str | int | float):
                 raise ValueError
             return str(raw)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:
         raise ConfigError(f"setting {name}={raw!r} is invalid: expected {annotation}") from e
     return raw
 
