@@ -72,8 +72,8 @@ def acquire_lock(spool_dir: Path) -> int:
     Raises:
         SpoolLocked: a live process holds it.
     """
-    spool_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(spool_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(spool_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as e:

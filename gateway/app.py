@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -123,6 +124,8 @@ def create_app(
         # through start-up still closes what was opened (an open SQLite thread would keep
         # the process alive).
         async with contextlib.AsyncExitStack() as stack:
+            # Local state (SQLite, spool) is private to this user: a new state dir is created 0700.
+            Path(settings.state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
             the_store = store or open_store(settings.database_url)
             await the_store.open()
             stack.push_async_callback(the_store.close)

@@ -14,16 +14,18 @@ import multiprocessing
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
 
+from analytics_lake.errors import LakeError
 from gateway import appkeys
 from gateway.app import create_app
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, FleetgateError
 from gateway.http.protocol import LINGER_S, EdgeLimits, EdgeServer
 from gateway.observability.logging import setup_logging
 from gateway.settings import Settings
@@ -80,7 +82,8 @@ def install_uvloop() -> None:
     uvloop.install() if hasattr(uvloop, "install") else None
 
 
-async def _serve_until_signal(settings: Settings, worker_id: str, reuse_port: bool) -> None:
+async def _serve_until_signal(settings: Settings, worker_id: str, reuse_port: bool,
+                              ready: Callable[[], None] | None = None) -> None:
     app = create_app(settings, worker_id=worker_id)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -88,19 +91,36 @@ async def _serve_until_signal(settings: Settings, worker_id: str, reuse_port: bo
         loop.add_signal_handler(sig, stop.set)
     async with serving(app, settings, reuse_port=reuse_port):
         log.info("gateway %s listening on %s:%d", worker_id, settings.host, settings.port)
+        if ready is not None:
+            ready()
         await stop.wait()
         log.info("gateway %s stopping", worker_id)
 
 
-def run_worker(settings: Settings, index: int = 0, *, reuse_port: bool = False) -> None:
-    """Serve until SIGINT/SIGTERM (blocking)."""
+def run_worker(settings: Settings, index: int = 0, *, reuse_port: bool = False,
+               ready: Callable[[], None] | None = None) -> None:
+    """Serve until SIGINT/SIGTERM (blocking); `ready` is called once the port is served."""
     install_uvloop()
-    asyncio.run(_serve_until_signal(settings, f"gw{settings.port}-{index}", reuse_port))
+    asyncio.run(_serve_until_signal(settings, f"gw{settings.port}-{index}", reuse_port, ready))
 
 
-def _worker_main(settings: Settings, index: int) -> None:
+def _worker_main(settings: Settings, index: int, ready: Any) -> None:  # ready: multiprocessing.Event
     setup_logging(settings, worker=index)
-    run_worker(settings, index, reuse_port=True)
+    try:
+        run_worker(settings, index, reuse_port=True, ready=ready.set)
+    except (FleetgateError, LakeError, OSError) as e:  # a locked spool, a port in use: one line, no traceback
+        log.error("worker %d could not start: %s", index, getattr(e, "message", None) or e)
+        sys.exit(EXIT_START_FAILED)
+
+
+EXIT_START_FAILED = 1
+
+
+class StartFailed(FleetgateError):
+    """A gateway worker could not start (its log line says why)."""
+
+    status = 500
+    code = "start_failed"
 
 
 def serve(settings: Settings) -> None:
@@ -118,18 +138,19 @@ def serve(settings: Settings) -> None:
     metrics_dir = tempfile.mkdtemp(prefix="fleetgate-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     ctx = multiprocessing.get_context("spawn")
-    procs: dict[int, multiprocessing.Process] = {}
+    procs: dict[int, tuple[multiprocessing.Process, Any]] = {}
     stopping = False
 
     def start(index: int) -> None:
-        proc = ctx.Process(target=_worker_main, args=(settings, index), name=f"fleetgate-worker-{index}")
+        ready = ctx.Event()
+        proc = ctx.Process(target=_worker_main, args=(settings, index, ready), name=f"fleetgate-worker-{index}")
         proc.start()
-        procs[index] = proc
+        procs[index] = (proc, ready)
 
     def stop(signum: int, frame: object) -> None:
         nonlocal stopping
         stopping = True
-        for proc in procs.values():
+        for proc, _ in procs.values():
             if proc.is_alive():
                 os.kill(proc.pid, signal.SIGTERM)
 
@@ -139,14 +160,20 @@ def serve(settings: Settings) -> None:
         for i in range(settings.workers):
             start(i)
         while not stopping:
-            for index, proc in list(procs.items()):
-                if not proc.is_alive() and not stopping:
-                    log.warning("worker %d exited with %s; restarting", index, proc.exitcode)
-                    start(index)
+            for index, (proc, ready) in list(procs.items()):
+                if proc.is_alive() or stopping:
+                    continue
+                if not ready.is_set():
+                    # It never served: starting it again would fail the same way, forever.
+                    stop(signal.SIGTERM, None)
+                    raise StartFailed(f"gateway worker {index} could not start (exit code {proc.exitcode}); "
+                                      "its log line above says why")
+                log.warning("worker %d exited with %s; restarting", index, proc.exitcode)
+                start(index)
             time.sleep(0.5)
-        for proc in procs.values():
+    finally:
+        for proc, _ in procs.values():
             proc.join(15)
             if proc.is_alive():
                 proc.kill()
-    finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)

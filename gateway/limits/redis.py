@@ -167,6 +167,7 @@ class RedisLimiter:
         self._pending: deque[tuple[Reservation, int, int]] = deque()
         self._journal = SpendJournal(self._planner.new_id)
         self._recover_task: asyncio.Task[None] | None = None
+        self._orphans: set[asyncio.Task[None]] = set()  # releases of reservations whose caller left
 
     @property
     def degraded(self) -> bool:
@@ -200,6 +201,13 @@ class RedisLimiter:
                     raw = await self._load_and_send(self._reserve_script, args.reserve_numkeys, call)
             except OUTAGE_ERRORS as e:
                 self._went_down(e)
+            except asyncio.CancelledError:
+                # The caller left (a client disconnect) while the script was sent: it may run, or
+                # have run. Free whatever it reserved; settle.lua is idempotent and, on the same
+                # pipelined connection, runs after it.
+                self._orphaned(Reservation(rid, template.org_id, "redis", cost_micros, tokens,
+                                           marker_key=template.marker_prefix + rid, template=template))
+                raise
             else:
                 if self._degraded:
                     self._came_up()
@@ -248,6 +256,12 @@ class RedisLimiter:
             log.warning("limits: dropped pending settle %s (queue full); rebuild budgets from the lake", dropped.id)
         self._pending.append((reservation, cost_micros, tokens))
 
+    def _orphaned(self, reservation: Reservation) -> None:
+        if reservation.needs_settle:
+            task = asyncio.get_running_loop().create_task(self.release(reservation))
+            self._orphans.add(task)
+            task.add_done_callback(self._orphans.discard)
+
     async def release(self, reservation: Reservation) -> None:
         await self.settle(reservation, cost_micros=0, tokens=0)
 
@@ -289,6 +303,8 @@ class RedisLimiter:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        if self._orphans:
+            await asyncio.gather(*self._orphans, return_exceptions=True)
         if not self._degraded:
             if self._pending:
                 await self._replay()

@@ -177,26 +177,13 @@ class DataPlane:
             return
         reserve = max(cost_micros(req.prompt_bound, req.max_output_tokens, r.model.input_price, r.model.output_price)
                       for r in self._chain(route, route.model.environment))
-        # Shielded: a client that disconnects while Redis answers must not leave a reservation
-        # that no one settles (it would hold the budget until its lease expires).
-        task = asyncio.ensure_future(self.limiter.reserve(
-            policy, cost_micros=reserve, tokens=req.prompt_bound + req.max_output_tokens))
-        try:
-            call.reservation = await asyncio.shield(task)
-        except asyncio.CancelledError:
-            task.add_done_callback(self._release_orphan)
-            raise
+        # A client that leaves during the reserve cancels it; the limiter then frees what it may
+        # have reserved (see RedisLimiter.reserve), so no reservation waits for its lease.
+        call.reservation = await self.limiter.reserve(
+            policy, cost_micros=reserve, tokens=req.prompt_bound + req.max_output_tokens)
         call.extra_headers = call.reservation.headers
         if call.reservation.soft_limit_hit:
             self._soft_limit(call.info, call.reservation)
-
-    def _release_orphan(self, task: asyncio.Future) -> None:
-        """Release a reservation made for a request whose client left while it was being made."""
-        if task.cancelled() or task.exception() is not None:
-            return  # nothing was reserved (a refusal or an outage error)
-        reservation: Reservation = task.result()
-        if reservation.needs_settle:
-            self._spawn(self.limiter.release(reservation))
 
     # --- the request path -------------------------------------------------
     async def handle(self, request: web.Request, kind: str, upstream_path: str) -> web.StreamResponse:

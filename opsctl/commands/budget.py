@@ -70,6 +70,9 @@ def budget_show(org: str, output: OutputOpt = Output.table, gateway: GatewayOpt 
 def budget_rebuild(org: Annotated[str | None, typer.Option("--org", help="organization name or id")] = None,
                    output: OutputOpt = Output.table, gateway: GatewayOpt = None, admin_token: TokenOpt = None,
                    config: ConfigOpt = None) -> None:
-    """Recompute the current period's spend from the usage lake (after Redis lost its data)."""
+    """Recount the current period's spend from the usage lake.
+
+    The gateway does this by itself at start-up and after Redis lost its data.
+    """
     with admin_client(gateway, admin_token, config) as client:
         render(client.post("/admin/v1/budgets/rebuild", {"org": org} if org else {}), output)

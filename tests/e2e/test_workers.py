@@ -48,3 +48,26 @@ async def test_two_workers_share_a_port(gateway_factory, redis_url):
 
         wait_for(all_gone, timeout=10, what="worker processes to exit")
         assert os.environ.get("PROMETHEUS_MULTIPROC_DIR") is None
+
+
+def test_workers_that_cannot_start_stop_the_server_with_one_line(tmp_path, redis_url):
+    """A port held by someone else: the workers fail to bind. The parent must not restart them
+    forever; it says why in one line and exits 1."""
+    import socket
+    import subprocess
+    import sys
+
+    from tests.support import free_port, repo_root
+
+    port = free_port()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        env = {**os.environ, "FLEETGATE_STATE_DIR": str(tmp_path / "state"), "FLEETGATE_REDIS_URL": redis_url,
+               "FLEETGATE_ADMIN_TOKEN": "t", "FLEETGATE_USAGE_SINK": "none"}
+        done = subprocess.run([sys.executable, "-m", "opsctl", "gateway", "serve", "--port", str(port),
+                               "--workers", "2"], env=env, cwd=repo_root(), capture_output=True, text=True,
+                              timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "could not start" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -134,3 +134,24 @@ async def test_unanswering_redis_is_an_outage_within_the_timeout(redis_url, poli
         finally:
             await limiter.close()
             await client.aclose()
+
+
+@pytest.mark.parametrize("yields", [0, 1, 2, 5])
+async def test_a_reserve_cancelled_in_flight_leaves_nothing_reserved(make_limiter, yields):
+    """A client that disconnects while its reserve is on the wire: whether the script ran or not,
+    nothing stays reserved (and the rate limits are not charged its tokens)."""
+    limiter = make_limiter()
+    await limiter.budget_status(DAILY)  # connected, scripts loaded
+    await limiter.release(await limiter.reserve(POLICY, cost_micros=1, tokens=1))
+    task = asyncio.ensure_future(limiter.reserve(POLICY, cost_micros=4_000, tokens=50_000))
+    for _ in range(yields):
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    deadline = time.monotonic() + 5
+    while (await limiter.budget_status(DAILY)).reserved_micros and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert (await limiter.budget_status(DAILY)).reserved_micros == 0
+    # The whole TPM budget is available again: a request of 100k tokens fits.
+    await limiter.release(await limiter.reserve(POLICY, cost_micros=1, tokens=100_000))
