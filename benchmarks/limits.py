@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--pairs", type=int, default=20_000)
     parser.add_argument("--client", choices=("fast", "redis-py"), default="fast",
-                        help="Redis client under RedisLimiter: gateway.redis_fast.FastRedis or redis.asyncio")
+                        help="Redis client under RedisLimiter: gateway.redis.client.FastRedis or redis.asyncio")
     parser.add_argument("--uvloop", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
     if args.uvloop:

@@ -293,3 +293,34 @@ async def test_models_retrieve_with_the_openai_sdk(tmp_path):
             await bad.models.retrieve("org/chat-7b")
         await client.close()
         await bad.close()
+
+
+@pytest.mark.parametrize(("queue_s", "expected"), [(0.2, {200: 2, 503: 6}), (5.0, {200: 8})])
+async def test_a_burst_never_opens_more_than_the_cap_to_a_pod(tmp_path, queue_s, expected):
+    """Two connections at most to the pod: the rest queue fairly, and those that wait longer than
+    the queue timeout get a clear 503 (tried elsewhere first when there is another endpoint)."""
+    settings = gateway_settings(tmp_path, upstream_max_connections_per_host=2, upstream_queue_timeout_s=queue_s,
+                                max_attempts=1)
+    async with sim_pod("m", ttft_ms=400) as url, running_gateway(settings) as gw:
+        key, _ = await _setup(gw, url)
+        pool = gw.app[appkeys.DATAPLANE].upstream
+        peak = 0
+
+        async def watch():
+            nonlocal peak
+            while True:
+                peak = max(peak, pool.host_stats(url).open)
+                await asyncio.sleep(0.01)
+
+        watcher = asyncio.create_task(watch())
+        async with aiohttp.ClientSession() as s:
+            results = await asyncio.gather(*(_post(s, gw, key, {"model": "m", "messages": [
+                {"role": "user", "content": "x"}]}) for _ in range(8)))
+        watcher.cancel()
+        statuses = {status: sum(1 for st, _ in results if st == status) for status, _ in results}
+        assert statuses == expected, results
+        assert 1 <= peak <= 2
+        for status, body in results:
+            if status == 503:
+                assert body["error"]["code"] == "upstream_saturated"
+                assert "upstream_max_connections_per_host" in body["error"]["message"]
