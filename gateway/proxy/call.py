@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gateway.auth.authenticator import KeyInfo
+from gateway.http.middleware import CLIENT_CLOSED
 from gateway.limits.base import Reservation
 from gateway.proxy.requests import InferenceRequest
 from gateway.routing.balancer import EndpointState
 from gateway.routing.registry import Route
 
-CLIENT_CLOSED = 499  # nginx's convention for "client closed the request"
+__all__ = ["CLIENT_CLOSED", "Call"]
 
 
 @dataclass(slots=True)
