@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from tests.support import PostgresDatabase, RedisServer, S3Server, unavailable
+from tests.support import PostgresDatabase, S3Server, started_redis, unavailable
 
 
 @pytest.fixture(autouse=True)
@@ -21,10 +21,7 @@ def _no_developer_config(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="session")
 def redis_server():
-    server = RedisServer()
-    if not server.binary:
-        unavailable("redis-server is not on PATH")
-    server.start()
+    server = started_redis()
     yield server
     server.close()
 

@@ -168,3 +168,12 @@ async def eventually(predicate, *, timeout: float = 5.0, interval: float = 0.02,
             return value
         await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def started_redis() -> RedisServer:
+    """A private redis-server, started (or an unavailable() skip/failure when there is no binary)."""
+    server = RedisServer()
+    if not server.binary:
+        unavailable("redis-server is not on PATH")
+    server.start()
+    return server

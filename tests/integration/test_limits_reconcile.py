@@ -23,7 +23,7 @@ from tests.integration.test_budget_persistence import (
     spent,
 )
 from tests.integration.test_dataplane import fire
-from tests.support import RedisServer, eventually, unavailable
+from tests.support import RedisServer, eventually, started_redis
 
 pytestmark = pytest.mark.redis
 
@@ -33,10 +33,7 @@ SLOW = {**BODY, "model": "slow"}  # 5 s on the slow pod: open across the recover
 @pytest.fixture
 def own_redis():
     """A private redis-server this test may stop, restart and let save its data."""
-    server = RedisServer()
-    if not server.binary:
-        unavailable("redis-server is not on PATH")
-    server.start()
+    server = started_redis()
     yield server
     server.close()
 
