@@ -55,6 +55,16 @@ class RedisStreamSink:
     async def flush(self) -> None:
         """Nothing to do here: LakeWriter processes own the Parquet side."""
 
+    async def lag_s(self) -> float:
+        """The stream's first entry is the oldest event not yet in Parquet: writers XDEL what they wrote."""
+        if self._client is None:
+            raise LakeError("usage sink is not running")
+        first = await self._client.xrange(self.stream, count=1)
+        if not first:
+            return 0.0
+        entry_ms = int(first[0][0].split(b"-", 1)[0])
+        return max(0.0, time.time() - entry_ms / 1000)
+
     async def close(self) -> None:
         if self._client is not None:
             await self._client.aclose()

@@ -26,5 +26,8 @@ class UsageSink(Protocol):
     async def flush(self) -> None:
         """Write everything emitted so far to Parquet now (a no-op where another process does it)."""
 
+    async def lag_s(self) -> float:
+        """Seconds since the oldest event not yet written to Parquet was emitted; 0 when none waits."""
+
     async def close(self) -> None:
         """Flush what can be flushed and release resources; nothing emitted is lost."""

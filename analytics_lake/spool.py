@@ -40,6 +40,7 @@ class _Segment:
     stamp: int
     fd: int | None
     created: float = field(default_factory=time.monotonic)
+    first_row_at: float | None = None  # wall clock of its first event (a replayed segment: when it was opened)
     bytes: int = 0
     rows: int = 0
     synced_bytes: int = 0
@@ -99,7 +100,7 @@ class SpoolSink:
                 "port); stop it, or start this one with another port or state dir") from e
         for path in list_segments(self.spool_dir):
             stamp = segment_stamp(path.name) or 0
-            self._closed.append(_Segment(path, stamp, None))
+            self._closed.append(_Segment(path, stamp, None, first_row_at=stamp / 1e6))
             self._last_stamp = max(self._last_stamp, stamp)
         if self._closed:
             log.info("spool %s: replaying %d leftover segments", self.spool_dir, len(self._closed))
@@ -117,6 +118,8 @@ class SpoolSink:
         view = memoryview(line)
         while view:
             view = view[os.write(seg.fd, view):]  # type: ignore[arg-type]
+        if not seg.rows:
+            seg.first_row_at = time.time()
         seg.bytes += len(line)
         seg.rows += 1
         self.emitted += 1
@@ -127,6 +130,11 @@ class SpoolSink:
         if self._active is not None and self._active.rows:
             self._rotate()
         await self._drain()
+
+    async def lag_s(self) -> float:
+        waiting = [seg.first_row_at for seg in (*self._closed, self._active)
+                   if seg is not None and seg.first_row_at is not None]
+        return max(0.0, time.time() - min(waiting)) if waiting else 0.0
 
     async def close(self) -> None:
         if self._lock_fd is None:

@@ -15,7 +15,10 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 from aiohttp import web
+from prometheus_client import Gauge
+from redis.exceptions import RedisError
 
+from analytics_lake.errors import LakeError
 from analytics_lake.sink import UsageSink
 from gateway import appkeys
 from gateway.auth.authenticator import Authenticator
@@ -39,6 +42,8 @@ from gateway.store.base import Store
 from gateway.usage import budget_restorer, build_sink, lake_writer
 
 log = logging.getLogger(__name__)
+
+LAKE_LAG_INTERVAL_S = 5.0
 
 
 def build_limiter(settings: Settings, redis: FastRedis | None, metrics: Metrics,
@@ -75,6 +80,16 @@ def _health_writer(store: Store):  # noqa: ANN202 - returns the prober callback
                                              last_checked_at=result.checked_at)
 
     return on_result
+
+
+async def _report_lake_lag(sink: UsageSink, gauge: Gauge, interval_s: float) -> None:
+    """Keep `fleetgate_lake_lag_seconds` current; the lake-freshness alert reads it."""
+    while True:
+        try:
+            gauge.set(await sink.lag_s())
+        except (LakeError, RedisError, OSError) as e:  # the gauge keeps its last value; the sink reports the rest
+            log.debug("reading the usage sink's lag failed: %s", e)
+        await asyncio.sleep(interval_s)
 
 
 async def _stop_writer(writer, task: asyncio.Task) -> None:  # noqa: ANN001 - LakeWriter
@@ -187,6 +202,9 @@ def create_app(
                                       failure_threshold=2)
                 stack.push_async_callback(_cancel, asyncio.create_task(
                     prober.run(registry.all_states, _health_writer(the_store))))
+                if usage_sink is not None:
+                    stack.push_async_callback(_cancel, asyncio.create_task(
+                        _report_lake_lag(usage_sink, metrics.lake_lag, LAKE_LAG_INTERVAL_S)))
             yield
 
     app.cleanup_ctx.append(resources)

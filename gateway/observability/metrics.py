@@ -45,6 +45,7 @@ class Metrics:
                                   "Time spent in the gateway itself (latency minus upstream time).",
                                   buckets=OVERHEAD_BUCKETS, registry=r)
         self.tokens = Counter("fleetgate_tokens", "Tokens processed.", ["model", "kind"], registry=r)
+        self.spend = Counter("fleetgate_spend_usd", "Spend billed to orgs, in USD.", ["model"], registry=r)
         self.retries = Counter("fleetgate_upstream_retries", "Requests retried on another endpoint.",
                                ["model"], registry=r)
         self.ejections = Counter("fleetgate_endpoint_ejections", "Endpoints ejected after failures.",
@@ -72,6 +73,9 @@ class Metrics:
                                     registry=r, **gauge_kw)
         self.store_degraded = Gauge("fleetgate_store_degraded", "1 while the store is unreachable.",
                                     registry=r, **gauge_kw)
+        self.lake_lag = Gauge("fleetgate_lake_lag_seconds",
+                              "Age of the oldest usage event not yet written to Parquet (0: none waiting).",
+                              registry=r, **gauge_kw)
         self._children: dict[tuple, Any] = {}
         self._rendering: asyncio.Future[bytes] | None = None
 

@@ -396,6 +396,8 @@ class DataPlane:
             m.child(m.tokens, model_label, "prompt").inc(call.prompt_tokens)
         if call.completion_tokens:
             m.child(m.tokens, model_label, "completion").inc(call.completion_tokens)
+        if billed and call.cost:
+            m.child(m.spend, model_label).inc(call.cost / 1_000_000)
         if self.sink is None or info is None:
             return  # unauthenticated requests are not usage
         event = {

@@ -18,7 +18,7 @@ from analytics_lake.location import LakeConfig
 from analytics_lake.query import LakeQuery
 from analytics_lake.redis_stream import LakeWriter, RedisStreamSink, pending_count
 from analytics_lake.synthetic import make_event
-from tests.support import repo_root
+from tests.support import eventually, repo_root
 
 T0 = 1_767_225_600_000_000
 pytestmark = pytest.mark.redis
@@ -121,3 +121,29 @@ async def test_a_poison_entry_is_set_aside_and_does_not_block_the_stream(redis_u
     finally:
         await client.aclose()
     assert counts(config) == (1, 1)
+
+
+async def test_stream_lag_is_the_age_of_the_oldest_entry_not_yet_written(redis_url, tmp_path):
+    sink = RedisStreamSink(redis_url)
+    await sink.start()
+    writer = LakeWriter(redis_url, LakeConfig(f"file://{tmp_path}/lake"), consumer="w", flush_interval_s=0.1,
+                        block_ms=50)
+    try:
+        assert await sink.lag_s() == 0.0
+        await sink.emit(make_event(T0))
+        await asyncio.sleep(0.3)
+        await sink.emit(make_event(T0 + 1))
+        assert 0.3 <= await sink.lag_s() < 10
+        task = asyncio.create_task(writer.run())
+        try:
+            await eventually(lambda: _lag_is_zero(sink), timeout=20, what="the writer to drain the stream")
+        finally:
+            writer.stop()
+            await task
+    finally:
+        await sink.close()
+    assert counts(LakeConfig(f"file://{tmp_path}/lake")) == (2, 2)
+
+
+async def _lag_is_zero(sink: RedisStreamSink) -> bool:
+    return await sink.lag_s() == 0.0

@@ -159,3 +159,18 @@ async def test_sigkill_loses_no_acknowledged_event(tmp_path):
     found = lake_ids(config)
     assert len(found) == len(set(found))  # exactly once
     assert set(acked) <= set(found)  # nothing acknowledged is lost
+
+
+async def test_lag_is_the_age_of_the_oldest_event_not_yet_in_parquet(tmp_path):
+    sink = SpoolSink(tmp_path / "spool", LakeConfig(f"file://{tmp_path}/lake"), "gw-1", flush_interval_s=3600)
+    await sink.start()
+    try:
+        assert await sink.lag_s() == 0.0
+        await sink.emit(make_event(T0))
+        await asyncio.sleep(0.3)
+        await sink.emit(make_event(T0 + 1))  # a newer event does not make the oldest one younger
+        assert 0.3 <= await sink.lag_s() < 10
+        await sink.flush()
+        assert await sink.lag_s() == 0.0
+    finally:
+        await sink.close()

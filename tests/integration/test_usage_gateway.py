@@ -7,6 +7,7 @@ import uuid
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from analytics_lake.query import LakeQuery
 from gateway import appkeys
@@ -119,3 +120,18 @@ async def test_redis_stream_sink_with_the_writer_inside_the_gateway(tmp_path, re
             rows = lake.sql("select request_id, org_id from usage").to_pylist()
     assert sorted(r["request_id"] for r in rows) == sorted(sent)
     assert {r["org_id"] for r in rows} == {org["id"]}
+
+
+async def test_spend_metric_equals_the_spend_in_the_lake(tmp_path):
+    async with sim_pod("m") as pod, running_gateway(gateway_settings(tmp_path, usage_sink="spool")) as gw:
+        await gw.create_org()
+        await gw.register("m", pod, input_price=IN_PRICE, output_price=OUT_PRICE)
+        await _traffic(gw, (await gw.create_key())["key"])
+        await gw.app[appkeys.DATAPLANE].sink.flush()
+        with LakeQuery(lake_config(gw.app[appkeys.SETTINGS])) as lake:
+            lake_usd = lake.sql("select sum(cost_micros) / 1e6 as usd from usage").to_pylist()[0]["usd"]
+        async with aiohttp.ClientSession() as s, s.get(gw.url + "/metrics") as r:
+            families = {f.name: f for f in text_string_to_metric_families(await r.text())}
+        spend = {s.labels["model"]: s.value for s in families["fleetgate_spend_usd"].samples
+                 if s.name == "fleetgate_spend_usd_total"}
+        assert lake_usd > 0 and spend == {"m": pytest.approx(lake_usd)}  # the 404s cost nothing
