@@ -38,7 +38,7 @@ class Metrics:
         self.requests = Counter("fleetgate_requests", "Requests served, by outcome.",
                                 ["model", "environment", "endpoint", "status"], registry=r)
         self.latency = Histogram("fleetgate_request_duration_seconds", "End-to-end request latency.",
-                                 ["model"], buckets=LATENCY_BUCKETS, registry=r)
+                                 ["model", "environment"], buckets=LATENCY_BUCKETS, registry=r)
         self.ttft = Histogram("fleetgate_time_to_first_token_seconds", "Time to first streamed byte.",
                               ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.overhead = Histogram("fleetgate_gateway_overhead_seconds",

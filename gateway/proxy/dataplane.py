@@ -384,9 +384,9 @@ class DataPlane:
         # Labels only from the registry: a client's model string never becomes a series.
         model_label = call.route.model.name if call.route is not None else UNKNOWN_MODEL
         m = self.metrics
-        m.child(m.requests, model_label, route.model.environment if route else "",
-                state.endpoint.url if state else "", str(call.status)).inc()
-        m.child(m.latency, model_label).observe(latency_ms / 1000.0)
+        environment = route.model.environment if route else ""
+        m.child(m.requests, model_label, environment, state.endpoint.url if state else "", str(call.status)).inc()
+        m.child(m.latency, model_label, environment).observe(latency_ms / 1000.0)
         overhead_ms = latency_ms - call.upstream_ms if call.upstream_ms else None
         if overhead_ms is not None:
             m.overhead.observe(overhead_ms / 1000.0)
