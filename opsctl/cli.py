@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from opsctl.commands import bench, budget, lake, orgs, registry, sim, stack
+from opsctl.commands import bench, budget, deployment, lake, orgs, registry, sim, stack, store
 from opsctl.common import OpsctlGroup
 
 app = typer.Typer(
@@ -25,7 +25,9 @@ app.add_typer(stack.gateway_app, name="gateway")
 app.add_typer(orgs.org_app, name="org")
 app.add_typer(orgs.key_app, name="key")
 app.add_typer(registry.registry_app, name="registry")
+app.add_typer(deployment.deployment_app, name="deployment")
 app.add_typer(budget.budget_app, name="budget")
+app.add_typer(store.store_app, name="store")
 app.add_typer(sim.app, name="sim")
 app.command("bench")(bench.bench_command)
 app.add_typer(lake.lake_app, name="lake")
