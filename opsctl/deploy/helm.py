@@ -505,8 +505,8 @@ class HelmSdk:
                 layer = helm_python.values_from_yaml(path.read_text())
             except helm_python.HelmError as e:
                 raise DeployInputError(f"values file {path}: {_one_line(e.detail)}", param="values") from e
-            merged = _deep_merge(merged, layer)
-        return _deep_merge(merged, values)
+            merged = merge_values(merged, layer)
+        return merge_values(merged, values)
 
     @contextmanager
     def _session(self, action: str, release: str) -> Iterator[Any]:
@@ -526,11 +526,12 @@ class HelmSdk:
             raise DeployError(f"helm {action} {release} failed: {_one_line(e.detail)}") from e
 
 
-def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+def merge_values(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Helm's coalescing of values files: mappings merge key by key, anything else is replaced."""
     merged = dict(base)
     for key, value in override.items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = merge_values(merged[key], value)
         else:
             merged[key] = value
     return merged

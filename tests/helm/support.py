@@ -29,6 +29,8 @@ import helm_python
 import kubernetes_validate
 import yaml
 
+from opsctl.deploy.helm import merge_values
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HELM_DIR = REPO_ROOT / "helm"
 VLLM_CHART = HELM_DIR / "vllm-deployment"
@@ -78,7 +80,7 @@ def values_for(chart_dir: str | os.PathLike[str], *values_files: str | os.PathLi
     merged: dict[str, Any] = {}
     for values_file in values_files:
         path = Path(chart_dir, values_file)
-        merged = _deep_merge(merged, helm_python.values_from_yaml(path.read_text()))
+        merged = merge_values(merged, helm_python.values_from_yaml(path.read_text()))
     for dotted, value in (set or {}).items():
         *parents, leaf = dotted.split(".")
         node = merged
@@ -221,14 +223,3 @@ def metadata_problems(manifest: Mapping[str, Any]) -> list[str]:
             if not isinstance(value, str) or len(value) > 63 or (value and not _LABEL_NAME.fullmatch(value)):
                 problems.append(f"{where}: {key}={value!r} is not a valid label value (a string of at most 63)")
     return problems
-
-
-def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Helm's coalescing of values files: mappings merge key by key, anything else is replaced."""
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
