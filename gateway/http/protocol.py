@@ -126,6 +126,11 @@ class EdgeRequestHandler(RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         count = self._request_count
+        # Judged before parsing: a segment that ends a body leaves the payload complete, and
+        # must not be taken for the first bytes of a next request head (that stale deadline
+        # would later write a 408 on the idle keep-alive connection).
+        payload = self._last_payload
+        in_body = payload is not None and not payload.is_eof()
         super().data_received(data)
         if not data or self._force_close or self._close:
             return
@@ -133,8 +138,7 @@ class EdgeRequestHandler(RequestHandler):
             self._cancel_head_timer()
             self._last_payload = self._messages[-1][1] if self._messages else None
             return
-        payload = self._last_payload
-        if payload is not None and not payload.is_eof():
+        if in_body:
             return  # body bytes: read_body() bounds those
         if self._head_timer is None:
             self._arm_head_timer()

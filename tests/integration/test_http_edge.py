@@ -214,6 +214,28 @@ async def test_a_slow_body_gets_408_and_the_connection_is_closed(tmp_path):
             assert r.json() == []
 
 
+async def test_a_body_in_its_own_segment_leaves_no_stale_header_deadline(tmp_path):
+    """The last body bytes are not the start of a next head: the idle connection gets no 408 later."""
+    async with edge(tmp_path, header_read_timeout_s=0.5, keepalive_timeout_s=5.0) as gw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        body = b'{"name": "split"}'
+        writer.write(("POST /admin/v1/organizations HTTP/1.1\r\nHost: x\r\n"
+                      f"Authorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n").encode())
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(body)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert parse(head).status == 201
+        await reader.readexactly(int(parse(head).headers["content-length"]))
+        # Well past the header deadline, the connection is idle, open and usable.
+        await asyncio.sleep(1.2)
+        writer.write(b"GET /v1/status/healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert parse(head).status == 200
+        writer.close()
+
+
 async def test_idle_keepalive_connections_are_closed_after_keepalive_timeout(tmp_path):
     async with edge(tmp_path, keepalive_timeout_s=0.5) as gw:
         reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
