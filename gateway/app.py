@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -22,6 +22,7 @@ from analytics_lake.errors import LakeError
 from analytics_lake.sink import UsageSink
 from gateway import appkeys
 from gateway.auth.authenticator import Authenticator
+from gateway.events import EventHub
 from gateway.http.middleware import edge_middleware
 from gateway.limits import LocalLimiter, RedisLimiter
 from gateway.limits.base import BudgetRule, Limiter
@@ -59,9 +60,15 @@ def build_limiter(settings: Settings, redis: FastRedis | None, metrics: Metrics,
                         outage_policy=settings.limits_outage_policy, hooks=hooks, restorer=restorer)
 
 
-def _health_writer(store: Store):  # noqa: ANN202 - returns the prober callback
+StatusChanged = Callable[[EndpointState, str, ProbeResult], None]
+
+
+def _health_writer(store: Store, on_status_change: StatusChanged | None = None):  # noqa: ANN202 - prober callback
     async def on_result(state: EndpointState, result: ProbeResult) -> None:
-        """Write health changes back to the registry (only changes: no write per probe)."""
+        """Write health changes back to the registry (only changes: no write per probe).
+
+        `on_status_change(state, new_status, result)` hears of each recorded status change.
+        """
         endpoint = state.endpoint
         new_status = endpoint.status
         if endpoint.status == "ready" and not state.healthy:
@@ -78,8 +85,23 @@ def _health_writer(store: Store):  # noqa: ANN202 - returns the prober callback
             return
         state.endpoint = dataclasses.replace(endpoint, status=new_status, last_health=result.summary,
                                              last_checked_at=result.checked_at)
+        if on_status_change is not None and new_status != endpoint.status:
+            on_status_change(state, new_status, result)
 
     return on_result
+
+
+def _health_events(hub: EventHub, registry: Registry) -> StatusChanged:
+    """Publish this replica's prober's endpoint status changes as live `health` events."""
+
+    def on_status_change(state: EndpointState, status: str, result: ProbeResult) -> None:
+        endpoint = state.endpoint
+        environment = next((route.model.environment for route in registry.routes()
+                            if route.model.id == endpoint.model_id), None)
+        hub.publish("health", {"endpoint_id": endpoint.id, "url": endpoint.url, "model": state.model_name,
+                               "environment": environment, "status": status, "detail": result.summary})
+
+    return on_status_change
 
 
 async def _report_lake_lag(sink: UsageSink, gauge: Gauge, interval_s: float) -> None:
@@ -102,6 +124,11 @@ async def _cancel(task: asyncio.Task) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def _close_events(app: web.Application) -> None:
+    """End the live event streams at shutdown, before aiohttp waits for running handlers to finish."""
+    app[appkeys.EVENTS].close()
 
 
 async def _close_access_log(app: web.Application) -> None:
@@ -133,6 +160,8 @@ def create_app(
     app[appkeys.METRICS] = Metrics()
     app[appkeys.ACCESS_LOG] = AccessLog(fmt=settings.log_format) if settings.access_log else None
     app.on_cleanup.append(_close_access_log)
+    app[appkeys.EVENTS] = EventHub()
+    app.on_shutdown.append(_close_events)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         # Every resource registers its closer as soon as it is open, so a failure halfway
@@ -167,6 +196,9 @@ def create_app(
             app[appkeys.AUTH] = auth
             bus.subscribe(registry.on_change)
             bus.subscribe(auth.on_change)
+            hub = app[appkeys.EVENTS]
+            bus.subscribe(hub.on_bus)
+            stack.callback(hub.close)  # also when start-up fails halfway (no shutdown signal then)
             fast = None
             if settings.redis_url:
                 fast = FastRedis.from_url(settings.redis_url, timeout_s=timeout, connect_timeout_s=timeout)
@@ -201,7 +233,7 @@ def create_app(
                                       timeout_s=max(1.0, min(2.0, settings.health_interval_s)),
                                       failure_threshold=2)
                 stack.push_async_callback(_cancel, asyncio.create_task(
-                    prober.run(registry.all_states, _health_writer(the_store))))
+                    prober.run(registry.all_states, _health_writer(the_store, _health_events(hub, registry)))))
                 if usage_sink is not None:
                     stack.push_async_callback(_cancel, asyncio.create_task(
                         _report_lake_lag(usage_sink, metrics.lake_lag, LAKE_LAG_INTERVAL_S)))

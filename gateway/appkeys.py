@@ -8,6 +8,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from gateway.auth.authenticator import Authenticator
+    from gateway.events import EventHub
     from gateway.observability.access_log import AccessLog
     from gateway.observability.metrics import Metrics
     from gateway.proxy.dataplane import DataPlane
@@ -24,6 +25,7 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 BUS: web.AppKey[ChangeBus] = web.AppKey("bus")
 DATAPLANE: web.AppKey[DataPlane] = web.AppKey("dataplane")
 REDIS: web.AppKey[object] = web.AppKey("redis")  # redis.asyncio.Redis, or None without Redis
+EVENTS: web.AppKey[EventHub] = web.AppKey("events")  # live events for /admin/v1/events (SSE)
 ACCESS_LOG: web.AppKey[AccessLog | None] = web.AppKey("access_log")  # None when settings.access_log is off
 
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)

@@ -58,6 +58,7 @@ class Settings:
     upstream_max_connections_per_host: int = 256  # more requests queue for a connection
     upstream_queue_timeout_s: float = 5.0  # longest wait for a connection slot before 503
     max_attempts: int = 3
+    shadow_max_in_flight: int = 64  # mirrored (shadow) requests in flight per process; more are skipped
     health_interval_s: float = 5.0
     eject_after_failures: int = 3
     eject_cooldown_s: float = 10.0
@@ -92,7 +93,7 @@ class Settings:
                 raise ConfigError(f"setting {name}={value!r} is invalid: expected a port 0-65535")
         for name in ("workers", "max_body_bytes", "max_attempts", "registry_ttl_s", "spool_segment_bytes",
                      "eject_after_failures", "reservation_lease_s", "lake_flush_rows",
-                     "upstream_max_connections_per_host", "max_connections"):
+                     "upstream_max_connections_per_host", "max_connections", "shadow_max_in_flight"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"setting {name}={getattr(self, name)!r} is invalid: expected a positive integer")
         for name in ("upstream_connect_timeout_s", "upstream_timeout_s", "health_interval_s", "eject_cooldown_s",

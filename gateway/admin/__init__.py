@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.admin import audit, budgets, orgs, registry, usage
+from gateway.admin import analysis, audit, budgets, events, orgs, registry, releases, rollouts, usage
 
 
 def setup_admin(app: web.Application) -> None:
-    for module in (orgs, registry, budgets, audit, usage):
+    for module in (orgs, registry, budgets, audit, usage, releases, rollouts, events, analysis):
         module.setup(app)

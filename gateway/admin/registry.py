@@ -28,9 +28,9 @@ from gateway.store.validation import INT32_MAX, MAX_PRICE
 
 MAX_WEIGHT = 1_000_000
 REGISTER_FIELDS = ("name", "environment", "endpoint", "input_price", "output_price", "max_tokens", "fallbacks",
-                   "metadata", "weight", "release", "status")
+                   "metadata", "weight", "release", "status", "mirror_percent")
 MODEL_FIELDS = ("status", "input_price", "output_price", "max_tokens", "fallbacks", "metadata")
-ENDPOINT_FIELDS = ("weight", "status", "release")
+ENDPOINT_FIELDS = ("weight", "status", "release", "mirror_percent")
 
 
 def check_url(url: str) -> str:
@@ -50,6 +50,11 @@ def _pricing(body: dict) -> dict:
         "output_price": field(body, "output_price", float, minimum=0, maximum=MAX_PRICE),
         "max_tokens": field(body, "max_tokens", int, minimum=1, maximum=INT32_MAX),
     }
+
+
+def _mirror_percent(body: dict) -> float | None:
+    """The share (0..100) of live requests copied to the endpoint as shadow traffic; None = keep."""
+    return field(body, "mirror_percent", float, minimum=0, maximum=100)
 
 
 def _fallbacks(body: dict) -> tuple[str, ...] | None:
@@ -91,6 +96,7 @@ async def register(request: web.Request) -> web.Response:
     weight = field(body, "weight", int, default=100, minimum=0, maximum=MAX_WEIGHT)
     release = check_name(field(body, "release", str, default="stable"), "release")
     status = field(body, "status", str, default="ready", choices=ENDPOINT_STATUSES)
+    mirror = _mirror_percent(body)
     created = False
     try:
         model = await store.get_model(name, env)
@@ -109,12 +115,14 @@ async def register(request: web.Request) -> web.Response:
     endpoint = None
     if url:
         try:
-            endpoint = await store.add_endpoint(model.id, url, release=release, weight=weight, status=status)
+            endpoint = await store.add_endpoint(model.id, url, release=release, weight=weight, status=status,
+                                                mirror_percent=mirror or 0.0)
         except Conflict:
             if created:
                 raise
             existing = [e for e in await store.list_endpoints(model.id) if e.url == url][0]
-            endpoint = await store.update_endpoint(existing.id, weight=weight, release=release, status=status)
+            endpoint = await store.update_endpoint(existing.id, weight=weight, release=release, status=status,
+                                                   mirror_percent=mirror)
     await store.add_audit(actor, "registry.register", model.id, {"name": name, "environment": env, "endpoint": url})
     await announce(request, name, env)
     entry = [e for e in await store.registry(env) if e.model.id == model.id][0]
@@ -174,12 +182,14 @@ async def update_endpoint(request: web.Request) -> web.Response:
     release = field(body, "release", str)
     if release is not None:
         check_name(release, "release")
-    if weight is None and status is None and release is None:
-        raise InvalidRequest("Nothing to change: give weight, status or release.")
+    mirror = _mirror_percent(body)
+    if weight is None and status is None and release is None and mirror is None:
+        raise InvalidRequest("Nothing to change: give weight, status, release or mirror_percent.")
     store = request.app[appkeys.STORE]
-    endpoint = await store.update_endpoint(endpoint_id, weight=weight, status=status, release=release)
+    endpoint = await store.update_endpoint(endpoint_id, weight=weight, status=status, release=release,
+                                           mirror_percent=mirror)
     model = await store.get_model_by_id(endpoint.model_id)
-    changes = {"weight": weight, "status": status, "release": release}
+    changes = {"weight": weight, "status": status, "release": release, "mirror_percent": mirror}
     await store.add_audit(actor, "endpoint.update", endpoint.id, {k: v for k, v in changes.items() if v is not None})
     await announce(request, model.name, model.environment)
     return reply(endpoint.to_dict())

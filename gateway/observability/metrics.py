@@ -11,7 +11,9 @@ still shares the GIL with it: requests slow down during a big render, they are n
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import uuid
 from typing import Any
 
 from prometheus_client import (
@@ -22,6 +24,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics_core import Metric
 
 from gateway.limits.base import LimiterHooks
 
@@ -30,9 +33,37 @@ OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01,
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+def _log_buckets(low: float, high: float, factor: float) -> tuple[float, ...]:
+    """Upper bounds low, low*factor, ... up to `high` (the last one), rounded to microseconds."""
+    bounds = []
+    bound = low
+    while bound < high:
+        bounds.append(round(bound, 6))
+        bound *= factor
+    return (*bounds, high)
+
+
+# Release analysis compares p95s of two releases over a few hundred requests: fine log-scale
+# buckets (each 25 % wider than the previous) keep the interpolation error of a quantile small.
+RELEASE_BUCKETS = _log_buckets(0.001, 120.0, 1.25)
+TRAFFIC = ("live", "shadow")
+OUTCOMES = ("ok", "client_error", "error")
+
+
+def _boot_id() -> str:
+    """Names the life of these counters: one process, or (multiprocess) one metrics directory, which
+    `opsctl gateway serve --workers N` creates per run and every worker, restarted ones too, shares."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return uuid.uuid4().hex[:16]
+    seed = f"{os.path.realpath(directory)}:{os.stat(directory).st_ino}"
+    return hashlib.blake2b(seed.encode(), digest_size=8).hexdigest()
+
+
 class Metrics:
     def __init__(self) -> None:
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self.boot_id = _boot_id()
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter("fleetgate_requests", "Requests served, by outcome.",
@@ -76,7 +107,30 @@ class Metrics:
         self.lake_lag = Gauge("fleetgate_lake_lag_seconds",
                               "Age of the oldest usage event not yet written to Parquet (0: none waiting).",
                               registry=r, **gauge_kw)
+        # Per release (= one deployer release: bounded by the registry), per upstream attempt; the
+        # admin analysis API (gateway/admin/analysis.py) reads these back.
+        release_labels = ["model", "environment", "release", "traffic"]
+        self.release_requests = Counter(
+            "fleetgate_release_requests",
+            "Upstream attempts per release (live: each try, retries included; shadow: each mirrored copy), "
+            "by outcome (ok, client_error = 4xx, error = 5xx / failure / time-out).",
+            [*release_labels, "outcome"], registry=r)
+        self.release_latency = Histogram(
+            "fleetgate_release_latency_seconds",
+            "Upstream time of successful attempts per release (send to last byte).",
+            release_labels, buckets=RELEASE_BUCKETS, registry=r)
+        self.release_ttft = Histogram(
+            "fleetgate_release_ttft_seconds",
+            "Upstream time to the first event of successful streamed attempts per release.",
+            release_labels, buckets=RELEASE_BUCKETS, registry=r)
+        self.shadow_requests = Counter("fleetgate_shadow_requests", "Mirrored (shadow) requests sent, by outcome.",
+                                       ["model", "environment", "release", "outcome"], registry=r)
+        self.shadow_skipped = Counter(
+            "fleetgate_shadow_skipped",
+            "Mirrored copies not sent: too many shadows in flight, or no free connection to the pod.",
+            ["model", "environment", "release"], registry=r)
         self._children: dict[tuple, Any] = {}
+        self._series: dict[tuple[str, str, str, str], ReleaseSeries] = {}
         self._rendering: asyncio.Future[bytes] | None = None
 
     def child(self, metric: Any, *labels: str) -> Any:
@@ -85,6 +139,24 @@ class Metrics:
         if c is None:
             c = self._children[key] = metric.labels(*labels)
         return c
+
+    def release_series(self, model: str, environment: str, release: str, traffic: str) -> ReleaseSeries:
+        """The cached children of one release's series (one dict lookup on the request path)."""
+        key = (model, environment, release, traffic)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = ReleaseSeries(self, model, environment, release, traffic)
+        return series
+
+    def release_families(self) -> list[Metric]:
+        """The release metric families as collected now: this process's, or every worker's summed
+        (multiprocess). Blocking (reads files with several workers): run it in a thread."""
+        if not self.multiprocess:
+            return [*self.release_requests.collect(), *self.release_latency.collect(), *self.release_ttft.collect()]
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        names = {"fleetgate_release_requests", "fleetgate_release_latency_seconds", "fleetgate_release_ttft_seconds"}
+        return [family for family in registry.collect() if family.name in names]
 
     async def render_async(self) -> bytes:
         """`render()` in a worker thread; concurrent scrapes share one rendering.
@@ -110,6 +182,52 @@ class Metrics:
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+class ReleaseSeries:
+    """One release's live or shadow series, children resolved once.
+
+    Only successful attempts feed the latency and TTFT histograms: a fast 500 must not make a
+    release look quick (its error rate judges it).
+    """
+
+    __slots__ = ("ok", "client_error", "error", "latency", "ttft", "shadow")
+
+    def __init__(self, metrics: Metrics, model: str, environment: str, release: str, traffic: str) -> None:
+        labels = (model, environment, release, traffic)
+        self.ok = metrics.release_requests.labels(*labels, "ok")
+        self.client_error = metrics.release_requests.labels(*labels, "client_error")
+        self.error = metrics.release_requests.labels(*labels, "error")
+        self.latency = metrics.release_latency.labels(*labels)
+        self.ttft = metrics.release_ttft.labels(*labels)
+        # Shadow copies are also counted on their own (fleetgate_shadow_requests_total).
+        self.shadow = ({outcome: metrics.shadow_requests.labels(model, environment, release, outcome)
+                        for outcome in OUTCOMES} if traffic == "shadow" else None)
+
+    def record(self, outcome: str, latency_s: float | None = None, ttft_s: float | None = None) -> None:
+        """Count one attempt; `outcome` is one of OUTCOMES."""
+        if outcome == "ok":
+            self.ok.inc()
+            if latency_s is not None:
+                self.latency.observe(latency_s)
+            if ttft_s is not None:
+                self.ttft.observe(ttft_s)
+        elif outcome == "error":
+            self.error.inc()
+        else:
+            self.client_error.inc()
+        if self.shadow is not None:
+            self.shadow[outcome].inc()
+
+
+def outcome_of(status: int) -> str:
+    """The release outcome of an upstream HTTP status. A pod's 404 means it does not serve the model
+    (the gateway tries another endpoint): the pod's failure, not the client's."""
+    if status < 400:
+        return "ok"
+    if status >= 500 or status == 404:
+        return "error"
+    return "client_error"
 
 
 class LimiterMetrics(LimiterHooks):

@@ -3,7 +3,9 @@
 One `DataPlane` per process holds everything the hot path touches; handlers are thin.
 Nothing here queries the store per request: keys and the registry come from snapshots.
 Whatever happens after a reservation — an error, a bug, a disconnect — the reservation is
-settled and the request's usage row written, in one `finally`.
+settled and the request's usage row written, in one `finally`. Each upstream attempt is
+also counted for the release it went to (fleetgate_release_*, traffic="live"), and copies
+of the request go to mirroring endpoints (gateway/proxy/shadow.py).
 """
 
 from __future__ import annotations
@@ -33,11 +35,12 @@ from gateway.errors import (
 from gateway.http.body import read_body
 from gateway.limits.base import BudgetRule, Limiter, LimitPolicy, Reservation
 from gateway.limits.pricing import cost_micros
-from gateway.observability.metrics import Metrics
+from gateway.observability.metrics import Metrics, ReleaseSeries, outcome_of
 from gateway.proxy.billing import Billed, bill, bill_partial
 from gateway.proxy.call import CLIENT_CLOSED, Call
 from gateway.proxy.forward import Forwarder, Retryable
 from gateway.proxy.requests import InferenceRequest, parse_request, validate
+from gateway.proxy.shadow import Shadows
 from gateway.proxy.streaming import GarbageStream, SseRelay
 from gateway.routing.balancer import Balancer, EndpointState, acquire
 from gateway.routing.health import PassiveHealth
@@ -45,7 +48,7 @@ from gateway.routing.registry import Registry, Route
 from gateway.settings import Settings
 from gateway.store.base import Store
 from gateway.store.models import Model
-from gateway.upstream import UpstreamPool, UpstreamProtocolError, UpstreamTimeoutError
+from gateway.upstream import UpstreamPool, UpstreamProtocolError, UpstreamSaturated, UpstreamTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,22 @@ def model_timeouts(model: Model, settings: Settings) -> tuple[float, float]:
     if type(value) in (int, float) and 0 <= value < math.inf:
         per_token = value / 1000.0
     return first, per_token
+
+
+def unary_deadline(model: Model, req: InferenceRequest, settings: Settings) -> float:
+    """Longest time a non-streamed answer of `req` may take: its first-byte timeout plus the
+    per-token allowance for every token it may produce, capped by upstream_timeout_s."""
+    first_byte_s, per_token_s = model_timeouts(model, settings)
+    return min(settings.upstream_timeout_s, first_byte_s + per_token_s * req.max_output_tokens)
+
+
+def _attempt_failed(series: ReleaseSeries, raised: Retryable | FleetgateError) -> None:
+    """Count an attempt that raised against its release: 4xx passed on to the client are client
+    errors, everything else the pod's; a request that never left the gateway (no free connection
+    to the pod) is not the release's doing."""
+    error = raised.error if isinstance(raised, Retryable) else raised
+    if not isinstance(error, UpstreamSaturated):
+        series.record(outcome_of(error.status))
 
 
 class DataPlane:
@@ -95,6 +114,7 @@ class DataPlane:
         )
         self.upstream: UpstreamPool | None = None
         self.forwarder: Forwarder | None = None
+        self.shadows: Shadows | None = None
         self.session: aiohttp.ClientSession | None = None  # health probes only (GET, off the hot path)
         self._background: set[asyncio.Task] = set()
         self._policies: dict[str, tuple[KeyInfo, LimitPolicy]] = {}
@@ -107,8 +127,13 @@ class DataPlane:
                                      max_connections_per_host=self.settings.upstream_max_connections_per_host,
                                      queue_timeout_s=self.settings.upstream_queue_timeout_s)
         self.forwarder = Forwarder(self.upstream, self.health, self.metrics)
+        settings = self.settings
+        self.shadows = Shadows(self.upstream, self.metrics, max_in_flight=settings.shadow_max_in_flight,
+                               deadline=lambda model, req: unary_deadline(model, req, settings))
 
     async def close(self) -> None:
+        if self.shadows is not None:
+            await self.shadows.close()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         if self.upstream is not None:
@@ -235,8 +260,11 @@ class DataPlane:
         tried: set[str] = set()
         last_error: FleetgateError | None = None
         attempts = 0
+        if self.shadows is not None:
+            self.shadows.mirror(route, req, path, call.request_id)
         for candidate in self._chain(route, env):  # cheap: usually one model
-            first_byte_s, per_token_s = model_timeouts(candidate.model, self.settings)
+            model = candidate.model
+            first_byte_s, per_token_s = model_timeouts(model, self.settings)
             while attempts < self.settings.max_attempts:
                 state = self.balancer.pick(candidate.states, affinity_key=affinity, exclude=tried)
                 if state is None:
@@ -245,31 +273,38 @@ class DataPlane:
                 tried.add(state.endpoint.id)
                 if attempts > 1:
                     self.metrics.child(self.metrics.retries, route.model.name).inc()
-                served_model = state.served_model or candidate.model.name
+                served_model = state.served_model or model.name
                 payload = req.payload(served_model)
                 call.served, call.state = candidate, state
+                series = self.metrics.release_series(model.name, model.environment, state.release, "live")
                 try:
                     if req.stream:
-                        return await self._stream(request, call, state, path, payload, served_model, first_byte_s)
+                        return await self._stream(request, call, state, series, path, payload, served_model,
+                                                  first_byte_s)
                     deadline = min(self.settings.upstream_timeout_s,
                                    first_byte_s + per_token_s * req.max_output_tokens)
-                    return await self._unary(call, state, path, payload, served_model, first_byte_s, deadline)
+                    return await self._unary(call, state, series, path, payload, served_model, first_byte_s,
+                                             deadline)
                 except Retryable as e:
                     last_error = e.error
                     continue
         raise last_error or ServiceUnavailable(f"No healthy endpoint for model '{route.model.name}' in '{env}'.")
 
-    async def _unary(self, call: Call, state: EndpointState, path: str, payload: bytes, served_model: str,
-                     first_byte_s: float, deadline_s: float) -> web.Response:
+    async def _unary(self, call: Call, state: EndpointState, series: ReleaseSeries, path: str, payload: bytes,
+                     served_model: str, first_byte_s: float, deadline_s: float) -> web.Response:
         assert self.forwarder is not None and call.req is not None
         lease = acquire(state)
         t_up = time.perf_counter()
         try:
             data, doc = await self.forwarder.unary(state, path, payload, call.request_id, served_model=served_model,
                                                    first_byte_s=first_byte_s, deadline_s=deadline_s)
+        except (Retryable, FleetgateError) as e:
+            _attempt_failed(series, e)
+            raise
         finally:
             lease.release()
             call.upstream_ms = (time.perf_counter() - t_up) * 1000.0
+        series.record("ok", call.upstream_ms / 1000.0)
         self.forwarder.succeed(state)
         self._bill(call, bill(call.req, doc.get("usage")), state)
         call.status = 200
@@ -277,8 +312,8 @@ class DataPlane:
         headers = {"X-Request-ID": call.request_id, **call.extra_headers}
         return web.Response(body=data, status=200, content_type=JSON, headers=headers)
 
-    async def _stream(self, request: web.Request, call: Call, state: EndpointState, path: str, payload: bytes,
-                      served_model: str, first_byte_s: float) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, call: Call, state: EndpointState, series: ReleaseSeries,
+                      path: str, payload: bytes, served_model: str, first_byte_s: float) -> web.StreamResponse:
         assert self.forwarder is not None and call.req is not None
         req = call.req
         lease = acquire(state)
@@ -286,9 +321,15 @@ class DataPlane:
         relay = SseRelay(client_wants_usage=req.wants_usage)
         resp = None
         try:
-            resp, first = await self.forwarder.open_stream(state, path, payload, call.request_id,
-                                                           served_model=served_model, first_byte_s=first_byte_s,
-                                                           relay=relay)
+            try:
+                resp, first = await self.forwarder.open_stream(state, path, payload, call.request_id,
+                                                               served_model=served_model, first_byte_s=first_byte_s,
+                                                               relay=relay)
+            except (Retryable, FleetgateError) as e:
+                _attempt_failed(series, e)
+                raise
+            # The attempt's own time to first event (the client's TTFT, in call.ttft_ms, starts earlier).
+            ttft_up_s = time.perf_counter() - t_up if first else None
             out = web.StreamResponse(status=200, headers={
                 "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                 "X-Request-ID": call.request_id, **call.extra_headers})
@@ -304,7 +345,10 @@ class DataPlane:
                     if data:
                         if call.ttft_ms is None:
                             call.ttft_ms = (time.perf_counter() - call.t0) * 1000.0
+                        if ttft_up_s is None:
+                            ttft_up_s = time.perf_counter() - t_up
                         await out.write(data)
+                upstream_s = time.perf_counter() - t_up
                 rest = relay.flush()
                 if rest:
                     await out.write(rest)
@@ -317,6 +361,7 @@ class DataPlane:
                 broken = f"The model endpoint's stream turned into something else ({e})."
             if broken is not None:
                 # Too late to retry: end the stream with an error event (and no [DONE]).
+                series.record("error")
                 self.forwarder.fail(state)
                 call.status, call.error_type = 502, "upstream_stream_broken"
                 self._bill(call, bill_partial(req, relay.content_events), state)
@@ -324,6 +369,7 @@ class DataPlane:
                 await out.write(b"data: " + orjson.dumps(UpstreamError(broken).to_dict()) + b"\n\n")
                 await out.write_eof()
                 return out
+            series.record("ok", upstream_s, ttft_up_s)
             self.forwarder.succeed(state)
             call.status = 200
             self._bill(call, bill(req, relay.usage) if relay.usage_seen else bill(req, None), state)

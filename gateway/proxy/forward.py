@@ -29,7 +29,6 @@ from gateway.upstream import (
     UpstreamTimeoutError,
 )
 
-RETRYABLE_STATUSES = frozenset({502, 503, 504})
 MAX_MESSAGE = 1000  # characters of an upstream error message passed on
 
 
@@ -111,11 +110,10 @@ class Forwarder:
             if isinstance(inner.get("message"), str) and inner["message"]:
                 message = inner["message"][:MAX_MESSAGE]
         if resp.status >= 500 or resp.status == 404:
+            # Nothing reached the client yet, and a 5xx is the engine's failure, not the request's
+            # (vLLM answers 500 for engine errors): another endpoint may well serve it.
             self.fail(state)
-        if resp.status in RETRYABLE_STATUSES or resp.status == 404:
             return Retryable(ServiceUnavailable(message) if resp.status == 503 else UpstreamError(message))
-        if resp.status >= 500:
-            return UpstreamError(message)
         error = FleetgateError(message)
         error.status = resp.status if 400 <= resp.status < 500 else 502
         error.type = "invalid_request_error"

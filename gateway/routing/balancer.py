@@ -34,16 +34,18 @@ class EndpointState:
     `served_model` is the name the pod serves the model under, read from its /v1/models by the
     prober: send it upstream as `model` (None: unknown, send the registry name).
     Assigning `endpoint` (a new registry record) refreshes the cached `id`, `weight`,
-    `release` and `routable` that the balancer reads on the hot path.
+    `release`, `routable` and `mirror` (its mirror_percent) that the hot path reads;
+    `mirror_credit` is the shadow accumulator (gateway/proxy/shadow.py).
     """
 
     __slots__ = (
         "_endpoint", "id", "weight", "release", "routable", "hrw_seed", "model_name", "in_flight",
         "consecutive_failures", "ejected_until", "cooldown_s", "half_open", "healthy", "probe_failures",
-        "waiting", "running", "kv_usage", "served_model",
+        "waiting", "running", "kv_usage", "served_model", "mirror", "mirror_credit",
     )
 
     def __init__(self, endpoint: Endpoint, model_name: str | None = None) -> None:
+        self.mirror_credit = 0.0
         self.endpoint = endpoint
         self.model_name = model_name  # the registry's model name: what the prober expects the pod to serve
         self.served_model: str | None = None
@@ -71,6 +73,7 @@ class EndpointState:
         self.weight = endpoint.weight
         self.release = endpoint.release
         self.routable = endpoint.status == "ready" and endpoint.weight > 0
+        self.mirror = endpoint.mirror_percent
 
     @property
     def ejected(self) -> bool:

@@ -80,7 +80,7 @@ def entry_from_json(raw: bytes) -> RegistryEntry:
         Endpoint(
             id=e["id"], model_id=e["model_id"], url=e["url"], release=e["release"], weight=e["weight"],
             status=e["status"], last_health=e["last_health"], last_checked_at=_dt(e["last_checked_at"]),
-            created_at=_dt(e["created_at"]),
+            created_at=_dt(e["created_at"]), mirror_percent=float(e.get("mirror_percent", 0.0)),
         )
         for e in data["endpoints"]
     )

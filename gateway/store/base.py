@@ -2,7 +2,7 @@
 
 Every method raises `gateway.errors` types: NotFound for unknown ids/names, Conflict for
 duplicates, InvalidRequest for values the schema refuses. Ids are short prefixed strings
-(`org_…`, `key_…`, `mdl_…`, `ep_…`, `bud_…`). Times are timezone-aware UTC datetimes.
+(`org_…`, `key_…`, `mdl_…`, `ep_…`, `bud_…`, `ro_…`). Times are timezone-aware UTC datetimes.
 """
 
 from __future__ import annotations
@@ -19,6 +19,10 @@ from gateway.store.models import (
     Model,
     Organization,
     RegistryEntry,
+    Release,
+    ReleaseRevision,
+    Rollout,
+    RolloutEvent,
 )
 
 
@@ -86,13 +90,26 @@ class Store(Protocol):
 
     # registry: endpoints
     async def add_endpoint(
-        self, model_id: str, url: str, *, release: str = "stable", weight: int = 100, status: str = "ready"
+        self,
+        model_id: str,
+        url: str,
+        *,
+        release: str = "stable",
+        weight: int = 100,
+        status: str = "ready",
+        mirror_percent: float = 0.0,
     ) -> Endpoint:
         """Conflict if the model already has an endpoint with this url."""
     async def get_endpoint(self, endpoint_id: str) -> Endpoint: ...
     async def list_endpoints(self, model_id: str | None = None) -> list[Endpoint]: ...
     async def update_endpoint(
-        self, endpoint_id: str, *, weight: int | None = None, status: str | None = None, release: str | None = None
+        self,
+        endpoint_id: str,
+        *,
+        weight: int | None = None,
+        status: str | None = None,
+        release: str | None = None,
+        mirror_percent: float | None = None,
     ) -> Endpoint: ...
     async def record_health(self, endpoint_id: str, *, status: str | None, last_health: str, checked_at: datetime) -> None:
         """Write a probe result back (status None keeps the current status)."""
@@ -111,3 +128,84 @@ class Store(Protocol):
     # audit
     async def add_audit(self, actor: str, action: str, target: str, detail: dict[str, Any] | None = None) -> None: ...
     async def list_audit(self, *, limit: int = 100) -> list[AuditEntry]: ...
+
+    # releases: one deployer release of a model in an environment, with a Helm-like revision history
+    async def add_release_revision(
+        self,
+        name: str,
+        *,
+        model: str,
+        environment: str,
+        deployer: str,
+        track: str,
+        version: str,
+        status: str,
+        values: dict[str, Any] | None = None,
+        description: str = "",
+        runtime: dict[str, Any] | None = None,
+        endpoints: Sequence[str] = (),
+    ) -> ReleaseRevision:
+        """Next revision (max + 1), creating the release on its first; Conflict if the release's
+        model/environment/deployer/track differ. `deployed` supersedes the other deployed revisions."""
+    async def update_release_revision(
+        self,
+        name: str,
+        revision: int,
+        *,
+        status: str | None = None,
+        runtime: dict[str, Any] | None = None,
+        endpoints: Sequence[str] | None = None,
+        description: str | None = None,
+    ) -> ReleaseRevision:
+        """Change the given fields (None keeps); `deployed` supersedes the other deployed revisions."""
+    async def get_release(self, name: str) -> Release: ...
+    async def release_history(self, name: str) -> list[ReleaseRevision]:
+        """Oldest first."""
+    async def list_releases(
+        self, *, model: str | None = None, environment: str | None = None, deployer: str | None = None
+    ) -> list[Release]: ...
+    async def delete_release(self, name: str) -> None: ...
+
+    # rollouts: the persisted state of the rollout engine
+    async def create_rollout(
+        self,
+        model: str,
+        environment: str,
+        *,
+        version: str,
+        kind: str,
+        playbook: str = "",
+        spec: dict[str, Any] | None = None,
+        owner: dict[str, Any] | None = None,
+    ) -> Rollout:
+        """Conflict (code rollout_in_progress) while another rollout of (model, environment) is active."""
+    async def get_rollout(self, rollout_id: str) -> Rollout: ...
+    async def list_rollouts(
+        self, *, model: str | None = None, environment: str | None = None, active: bool | None = None, limit: int = 50
+    ) -> list[Rollout]:
+        """Newest first."""
+    async def update_rollout(
+        self,
+        rollout_id: str,
+        *,
+        expected_version_no: int,
+        status: str | None = None,
+        step: int | None = None,
+        phase: str | None = None,
+        state: dict[str, Any] | None = None,
+        reason: str | None = None,
+        owner: dict[str, Any] | None = None,
+    ) -> Rollout:
+        """Compare-and-set on version_no (Conflict rollout_changed); finished rollouts refuse (rollout_finished)."""
+    async def add_rollout_event(
+        self,
+        rollout_id: str,
+        *,
+        step: int,
+        name: str,
+        phase: str,
+        message: str = "",
+        data: dict[str, Any] | None = None,
+    ) -> RolloutEvent: ...
+    async def list_rollout_events(self, rollout_id: str) -> list[RolloutEvent]:
+        """Oldest first."""

@@ -12,6 +12,7 @@ KEY = "key"
 MODEL = "mdl"
 ENDPOINT = "ep"
 BUDGET = "bud"
+ROLLOUT = "ro"
 
 
 def new_id(prefix: str) -> str:

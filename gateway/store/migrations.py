@@ -116,6 +116,75 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        2,
+        "endpoints.mirror_percent: the share of live requests copied to an endpoint as shadow traffic",
+        ("ALTER TABLE endpoints ADD COLUMN mirror_percent DOUBLE PRECISION NOT NULL DEFAULT 0",),
+    ),
+    Migration(
+        3,
+        "releases with their revision history; rollouts with their step events",
+        (
+            """CREATE TABLE releases (
+                name TEXT PRIMARY KEY,
+                model TEXT NOT NULL,
+                environment TEXT NOT NULL,
+                deployer TEXT NOT NULL,
+                track TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL
+            )""",
+            "CREATE INDEX releases_model_env ON releases (model, environment)",
+            # `values` is an SQL keyword: the column is chart_values.
+            """CREATE TABLE release_revisions (
+                release TEXT NOT NULL REFERENCES releases (name) ON DELETE CASCADE,
+                revision INTEGER NOT NULL,
+                version TEXT NOT NULL,
+                status TEXT NOT NULL,
+                chart_values TEXT NOT NULL DEFAULT '{}',
+                endpoints TEXT NOT NULL DEFAULT '[]',
+                runtime TEXT NOT NULL DEFAULT '{}',
+                description TEXT NOT NULL DEFAULT '',
+                created_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL,
+                PRIMARY KEY (release, revision)
+            )""",
+            """CREATE TABLE rollouts (
+                id TEXT PRIMARY KEY,
+                model TEXT NOT NULL,
+                environment TEXT NOT NULL,
+                version TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                playbook TEXT NOT NULL,
+                spec TEXT NOT NULL DEFAULT '{}',
+                status TEXT NOT NULL,
+                step INTEGER NOT NULL DEFAULT 0,
+                phase TEXT NOT NULL DEFAULT '',
+                state TEXT NOT NULL DEFAULT '{}',
+                reason TEXT,
+                owner TEXT,
+                version_no BIGINT NOT NULL DEFAULT 1,
+                created_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL
+            )""",
+            # At most one active rollout per model and environment, whatever the number of drivers.
+            "CREATE UNIQUE INDEX rollouts_one_active ON rollouts (model, environment)"
+            " WHERE status IN ('running', 'aborting')",
+            "CREATE INDEX rollouts_model_env_created ON rollouts (model, environment, created_at)",
+            "CREATE INDEX rollouts_created ON rollouts (created_at)",
+            """CREATE TABLE rollout_events (
+                id {autoid},
+                rollout_id TEXT NOT NULL REFERENCES rollouts (id) ON DELETE CASCADE,
+                ts TEXT NOT NULL,
+                step INTEGER NOT NULL,
+                name TEXT NOT NULL,
+                phase TEXT NOT NULL,
+                message TEXT NOT NULL DEFAULT '',
+                data TEXT NOT NULL DEFAULT '{}'
+            )""",
+            "CREATE INDEX rollout_events_rollout ON rollout_events (rollout_id, id)",
+        ),
+    ),
 )
 
 _CREATE_VERSIONS = """CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -11,6 +11,17 @@ MODEL_STATUSES = ("active", "disabled")
 ENDPOINT_STATUSES = ("ready", "disabled", "draining", "unhealthy")
 KEY_STATUSES = ("active", "revoked")
 BUDGET_PERIODS = ("daily", "monthly", "total")
+RELEASE_DEPLOYERS = ("local", "helm")
+RELEASE_TRACKS = ("stable", "canary")
+# As Helm names a revision's state.
+REVISION_STATUSES = (
+    "pending-install", "pending-upgrade", "pending-rollback", "deployed", "superseded", "failed", "uninstalled",
+)
+ROLLOUT_KINDS = ("canary", "blue-green", "promote")
+ROLLOUT_ACTIVE_STATUSES = ("running", "aborting")
+ROLLOUT_TERMINAL_STATUSES = ("succeeded", "failed", "aborted")
+ROLLOUT_STATUSES = ROLLOUT_ACTIVE_STATUSES + ROLLOUT_TERMINAL_STATUSES
+ROLLOUT_EVENT_PHASES = ("started", "progress", "passed", "failed", "skipped", "info")
 
 
 def _jsonable(value: Any) -> Any:
@@ -21,7 +32,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-_TUPLE_FIELDS = frozenset({"allowed_models", "fallbacks"})
+_TUPLE_FIELDS = frozenset({"allowed_models", "fallbacks", "endpoints"})
 
 
 class Record:
@@ -105,6 +116,7 @@ class Endpoint(Record):
     last_health: str | None
     last_checked_at: datetime | None
     created_at: datetime
+    mirror_percent: float = 0.0  # share (0..100) of the model's live requests copied here as shadow traffic
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +141,85 @@ class AuditEntry(Record):
     action: str
     target: str
     detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseRevision(Record):
+    """One revision of a deployer release (Helm-like: a rollback is a new revision too)."""
+
+    release: str
+    revision: int
+    version: str
+    status: str  # one of REVISION_STATUSES
+    values: dict[str, Any]
+    endpoints: tuple[str, ...]  # URLs the registry routes to while this revision is deployed
+    runtime: dict[str, Any]  # deployer facts: pids, ports, log files (local), chart info (helm)
+    description: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Release(Record):
+    """A deployer release of one model in one environment, with its latest revision flattened in."""
+
+    name: str
+    model: str
+    environment: str
+    deployer: str  # one of RELEASE_DEPLOYERS
+    track: str  # one of RELEASE_TRACKS
+    revision: int
+    version: str
+    status: str
+    values: dict[str, Any]
+    endpoints: tuple[str, ...]
+    runtime: dict[str, Any]
+    description: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout(Record):
+    """A rollout's persisted state machine: the engine resumes from `step` / `phase` / `state`.
+
+    `version_no` is bumped by every write, so two drivers cannot both advance one rollout.
+    """
+
+    id: str
+    model: str
+    environment: str
+    version: str
+    kind: str  # one of ROLLOUT_KINDS
+    playbook: str
+    spec: dict[str, Any]
+    status: str  # one of ROLLOUT_STATUSES
+    step: int
+    phase: str
+    state: dict[str, Any]
+    reason: str | None
+    owner: dict[str, Any] | None  # {"host", "pid"} of the driving process
+    version_no: int
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def active(self) -> bool:
+        return self.status in ROLLOUT_ACTIVE_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutEvent(Record):
+    """One step event of a rollout (started, progress, passed, ...): its timeline."""
+
+    id: int
+    rollout_id: str
+    ts: datetime
+    step: int
+    name: str
+    phase: str  # one of ROLLOUT_EVENT_PHASES
+    message: str
+    data: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)

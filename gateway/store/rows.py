@@ -19,6 +19,10 @@ from gateway.store.models import (
     Endpoint,
     Model,
     Organization,
+    Release,
+    ReleaseRevision,
+    Rollout,
+    RolloutEvent,
 )
 
 
@@ -97,6 +101,7 @@ def endpoint_from_row(row: Row) -> Endpoint:
         last_health=row["last_health"],
         last_checked_at=decode_optional_time(row["last_checked_at"]),
         created_at=decode_time(row["created_at"]),
+        mirror_percent=float(row["mirror_percent"]),
     )
 
 
@@ -121,4 +126,74 @@ def audit_from_row(row: Row) -> AuditEntry:
         action=row["action"],
         target=row["target"],
         detail=decode_json(row["detail"]),
+    )
+
+
+def revision_from_row(row: Row) -> ReleaseRevision:
+    return ReleaseRevision(
+        release=row["release"],
+        revision=row["revision"],
+        version=row["version"],
+        status=row["status"],
+        values=decode_json(row["chart_values"]),
+        endpoints=tuple(decode_json(row["endpoints"])),
+        runtime=decode_json(row["runtime"]),
+        description=row["description"],
+        created_at=decode_time(row["created_at"]),
+        updated_at=decode_time(row["updated_at"]),
+    )
+
+
+def release_from_rows(release: Row, latest: Row) -> Release:
+    """The release row with its latest revision's fields flattened in."""
+    revision = revision_from_row(latest)
+    return Release(
+        name=release["name"],
+        model=release["model"],
+        environment=release["environment"],
+        deployer=release["deployer"],
+        track=release["track"],
+        revision=revision.revision,
+        version=revision.version,
+        status=revision.status,
+        values=revision.values,
+        endpoints=revision.endpoints,
+        runtime=revision.runtime,
+        description=revision.description,
+        created_at=decode_time(release["created_at"]),
+        updated_at=decode_time(release["updated_at"]),
+    )
+
+
+def rollout_from_row(row: Row) -> Rollout:
+    return Rollout(
+        id=row["id"],
+        model=row["model"],
+        environment=row["environment"],
+        version=row["version"],
+        kind=row["kind"],
+        playbook=row["playbook"],
+        spec=decode_json(row["spec"]),
+        status=row["status"],
+        step=row["step"],
+        phase=row["phase"],
+        state=decode_json(row["state"]),
+        reason=row["reason"],
+        owner=None if row["owner"] is None else decode_json(row["owner"]),
+        version_no=row["version_no"],
+        created_at=decode_time(row["created_at"]),
+        updated_at=decode_time(row["updated_at"]),
+    )
+
+
+def rollout_event_from_row(row: Row) -> RolloutEvent:
+    return RolloutEvent(
+        id=row["id"],
+        rollout_id=row["rollout_id"],
+        ts=decode_time(row["ts"]),
+        step=row["step"],
+        name=row["name"],
+        phase=row["phase"],
+        message=row["message"],
+        data=decode_json(row["data"]),
     )

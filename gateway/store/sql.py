@@ -43,6 +43,7 @@ from gateway.store.rows import (
     model_from_row,
     org_from_row,
 )
+from gateway.store.sql_rollouts import ReleaseRolloutStore
 
 MAX_AUDIT_PAGE = 10_000
 _BUMP_REGISTRY = "UPDATE registry_state SET revision = revision + 1 WHERE id = 1"
@@ -77,8 +78,11 @@ def _model_changes(changes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class SqlStore:
-    """`Store` over a `Database` adapter; construct with `gateway.store.open_store(url)`."""
+class SqlStore(ReleaseRolloutStore):
+    """`Store` over a `Database` adapter; construct with `gateway.store.open_store(url)`.
+
+    Releases and rollouts live in the `ReleaseRolloutStore` mixin (gateway/store/sql_rollouts.py).
+    """
 
     def __init__(self, db: Database, *, clock: Callable[[], datetime] = utc_now) -> None:
         self._db = db
@@ -331,7 +335,14 @@ class SqlStore:
     # registry: endpoints --------------------------------------------------------------
 
     async def add_endpoint(
-        self, model_id: str, url: str, *, release: str = "stable", weight: int = 100, status: str = "ready"
+        self,
+        model_id: str,
+        url: str,
+        *,
+        release: str = "stable",
+        weight: int = 100,
+        status: str = "ready",
+        mirror_percent: float = 0.0,
     ) -> Endpoint:
         """Conflict if the model already has an endpoint with this url (trailing '/' ignored)."""
         endpoint = Endpoint(
@@ -344,15 +355,16 @@ class SqlStore:
             last_health=None,
             last_checked_at=None,
             created_at=self._now(),
+            mirror_percent=check.percent("mirror_percent", mirror_percent),
         )
         async with self._db.transaction() as tx:
             model = await self._model_row_by_id(tx, model_id)
             try:
                 await tx.execute(
-                    "INSERT INTO endpoints (id, model_id, url, release, weight, status, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO endpoints (id, model_id, url, release, weight, status, created_at, mirror_percent)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (endpoint.id, model_id, endpoint.url, endpoint.release, endpoint.weight, endpoint.status,
-                     encode_time(endpoint.created_at)),
+                     encode_time(endpoint.created_at), endpoint.mirror_percent),
                 )
             except UniqueViolation as e:
                 raise Conflict(
@@ -383,7 +395,13 @@ class SqlStore:
         return [endpoint_from_row(r) for r in rows]
 
     async def update_endpoint(
-        self, endpoint_id: str, *, weight: int | None = None, status: str | None = None, release: str | None = None
+        self,
+        endpoint_id: str,
+        *,
+        weight: int | None = None,
+        status: str | None = None,
+        release: str | None = None,
+        mirror_percent: float | None = None,
     ) -> Endpoint:
         """Change the given fields (None keeps the current value)."""
         changes: dict[str, Any] = {}
@@ -393,6 +411,8 @@ class SqlStore:
             changes["status"] = check.choice("status", status, ENDPOINT_STATUSES)
         if release is not None:
             changes["release"] = check.name("release", release)
+        if mirror_percent is not None:
+            changes["mirror_percent"] = check.percent("mirror_percent", mirror_percent)
         if not changes:
             return await self.get_endpoint(endpoint_id)
         assignments = ", ".join(f"{column} = ?" for column in changes)

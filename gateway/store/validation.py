@@ -45,6 +45,21 @@ def name(field: str, value: object, *, allow_empty: bool = False) -> str:
     return value
 
 
+MAX_TEXT_LENGTH = 4000
+_FREE_TEXT_CONTROLS = frozenset(chr(c) for c in (*range(0x20), 0x7F)) - {"\n", "\t"}
+
+
+def text(field: str, value: object, *, max_length: int = MAX_TEXT_LENGTH) -> str:
+    """Free text (messages, reasons, descriptions): may be empty or span lines; no other controls."""
+    if not isinstance(value, str):
+        raise _bad(field, f"must be a string, got {type(value).__name__}")
+    if len(value) > max_length:
+        raise _bad(field, f"must be at most {max_length} characters")
+    if any(ch in _FREE_TEXT_CONTROLS for ch in value):
+        raise _bad(field, "must not contain control characters other than newline and tab")
+    return value
+
+
 def integer(field: str, value: object, *, minimum: int = 0, maximum: int = INT32_MAX) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _bad(field, f"must be an integer, got {value!r}")
@@ -62,6 +77,15 @@ def price(field: str, value: object) -> float:
         raise _bad(field, f"must be a number, got {value!r}")
     if not math.isfinite(value) or not 0 <= value <= MAX_PRICE:
         raise _bad(field, f"must be a non-negative number of at most {MAX_PRICE:g} (USD per 1M tokens), got {value}")
+    return float(value)
+
+
+def percent(field: str, value: object) -> float:
+    """A share in percent: a finite number in 0..100."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _bad(field, f"must be a number, got {value!r}")
+    if not math.isfinite(value) or not 0 <= value <= 100:
+        raise _bad(field, f"must be a number between 0 and 100, got {value}")
     return float(value)
 
 

@@ -39,6 +39,7 @@ def admin_routes() -> list[tuple[str, str]]:
     app = create_app(gateway_settings(Path(tempfile.gettempdir()) / "fg-fuzz-routes", access_log=False))
     routes = {(r.method, r.resource.canonical) for r in app.router.routes()
               if r.resource is not None and r.resource.canonical.startswith("/admin/") and r.method != "HEAD"}
+    routes.discard(("GET", "/admin/v1/events"))  # an endless SSE stream; its bad input: test_admin_events.py
     return sorted(routes, key=lambda r: (r[1], r[0]))
 
 
