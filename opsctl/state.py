@@ -20,10 +20,12 @@ ADMIN_TOKEN_FILE = "admin_token"
 DEMO_KEY_FILE = "demo_key"
 GATEWAY_URL_FILE = "gateway_url"
 LOCK_FILE = "up.lock"
+RELEASES_DIR = "releases"  # the LocalDeployer's pid files and pod logs, one directory per release
 # What `opsctl up` (and the gateway it starts) put in the state dir: tightened on start, so a
 # state dir made by an older version (0755, 0644 files) becomes private too. Nothing else is walked.
 OWNED_ENTRIES = (ADMIN_TOKEN_FILE, DEMO_KEY_FILE, GATEWAY_URL_FILE, LOCK_FILE, "logs", "spool", "lake",
-                 "fleetgate.db", "fleetgate.db-wal", "fleetgate.db-shm", "fleetgate.db-journal")
+                 "fleetgate.db", "fleetgate.db-wal", "fleetgate.db-shm", "fleetgate.db-journal",
+                 RELEASES_DIR)
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
 

@@ -1,7 +1,9 @@
 """`opsctl up`: the embedded stack on one machine — SQLite store, gateway, simulated pods, local lake.
 
-Everything runs as child processes of this one; Ctrl-C (or SIGTERM) stops them all.
-Running it again reuses the state directory: the same admin token, org, demo key and models.
+The gateway is a child process; the demo pods are releases of the LocalDeployer (`demo-chat-production`,
+`demo-embed-production`, simulator engine), so `opsctl deployment`, `rollout` and `rollback` work on them.
+Ctrl-C (or SIGTERM) stops them all. Running it again reuses the state directory: the same admin token, org,
+demo key, models and releases (their processes restarted, on their old ports when free).
 One `opsctl up` per state dir (a flock held for its whole life); the state dir is private (0700/0600).
 """
 
@@ -14,9 +16,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from gateway.auth.secrets import generate_admin_token
 from gateway.errors import FleetgateError
@@ -32,15 +35,22 @@ from opsctl.state import (
     write_private,
 )
 
+if TYPE_CHECKING:
+    from opsctl.deploy.local import LocalDeployer
+
 DEMO_ORG = "demo"
+DEMO_ENV = "production"
 DEMO_MODELS = (
     # name, input $/1M, output $/1M
     ("demo-chat", 0.5, 1.5),
     ("demo-embed", 0.02, 0.0),
 )
-# Endpoints `opsctl up` registers carry this release; only those are ever removed by it, so
-# endpoints a user registered on the demo models survive a restart.
-UP_RELEASE = "opsctl-up"
+DEMO_VERSION = "simulator"
+# Endpoints `opsctl up` registers carry their release's name (e.g. demo-chat-production); only those are
+# ever removed by it, so endpoints a user registered on the demo models survive a restart. Versions before
+# the LocalDeployer labelled them "opsctl-up": those pods are gone, so their endpoints are removed too.
+LEGACY_RELEASE = "opsctl-up"
+POD_READY_TIMEOUT_S = 60
 PRIVATE_UMASK = 0o077  # files of this process and its children: owner only
 
 
@@ -71,12 +81,6 @@ def check_port_free(host: str, port: int) -> None:
         except OSError as e:
             raise StackError(f"port {port} on {host} is already in use ({e.strerror}); stop what listens "
                              "there or pick another port with --port") from e
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def admin_token_for(settings: Settings) -> tuple[str, Path | None]:
@@ -142,7 +146,61 @@ class Stack:
                 proc.wait()
 
 
-def _ensure_demo(client: AdminClient, state_dir: Path, sims: dict[str, str]) -> str:
+def demo_values(model: str) -> dict[str, Any]:
+    """The values of a demo pod's release: one simulator process serving `model`."""
+    return {"model": {"name": model}, "environment": DEMO_ENV, "replicaCount": 1, "local": {"engine": "simulator"}}
+
+
+def start_demo_pods(deployer: LocalDeployer) -> dict[str, tuple[str, list[str]]]:
+    """Each demo model's release running: installed on the first run, its deployed revision (whatever a
+    rollout made it since) restarted on later ones.
+
+    Returns:
+        model → (release, endpoint URLs).
+
+    Raises:
+        DeployError: a pod did not become ready.
+    """
+    from opsctl.deploy import ReleaseNotFound
+    from opsctl.deploy.naming import release_name
+
+    pods = {}
+    for name, _, _ in DEMO_MODELS:
+        release = release_name(name, DEMO_ENV)
+        try:
+            deployed = any(r.status == "deployed" for r in deployer.history(release))
+        except ReleaseNotFound:
+            deployed = False
+        if deployed:
+            urls = deployer.ensure_running(release, timeout_s=POD_READY_TIMEOUT_S)
+        else:
+            deployer.apply(release, None, demo_values(name), version=DEMO_VERSION, description="opsctl up",
+                           timeout_s=POD_READY_TIMEOUT_S)
+            urls = deployer.endpoints(release)
+        pods[name] = (release, urls)
+    return pods
+
+
+def _register_pods(client: AdminClient, name: str, release: str, urls: Sequence[str],
+                   prices: tuple[float, float]) -> None:
+    """The model (priced on creation only: a user's later changes stay) routing to the release's pods;
+    endpoints of an earlier run whose URL is gone are removed (nothing listens there any more)."""
+    from opsctl.deploy.registry_sync import model_endpoints, stale_endpoints, sync_endpoints
+
+    try:
+        client.get(f"/admin/v1/models/{DEMO_ENV}/{path_part(name)}")
+    except FleetgateError as e:
+        if e.status != 404:
+            raise
+        client.post("/admin/v1/models", {"name": name, "environment": DEMO_ENV, "input_price": prices[0],
+                                         "output_price": prices[1], "max_tokens": 256})
+    ours = sync_endpoints(client, name, DEMO_ENV, release, urls)
+    legacy = [e for e in model_endpoints(client, name, DEMO_ENV) if e["release"] == LEGACY_RELEASE]
+    for endpoint in [*stale_endpoints(ours, urls), *legacy]:
+        client.delete(f"/admin/v1/endpoints/{path_part(endpoint['id'])}")
+
+
+def _ensure_demo(client: AdminClient, state_dir: Path, pods: dict[str, tuple[str, list[str]]]) -> str:
     """The demo org, models pointing at this run's pods, and a working demo key (returned)."""
     try:
         client.get(f"/admin/v1/organizations/{DEMO_ORG}")
@@ -151,20 +209,8 @@ def _ensure_demo(client: AdminClient, state_dir: Path, sims: dict[str, str]) -> 
             raise
         client.post("/admin/v1/organizations", {"name": DEMO_ORG})
     for name, input_price, output_price in DEMO_MODELS:
-        url = sims[name]
-        try:
-            existing = client.get(f"/admin/v1/models/production/{path_part(name)}")["endpoints"]
-        except FleetgateError as e:
-            if e.status != 404:
-                raise
-            existing = None
-        body = {"name": name, "environment": "production", "endpoint": url, "release": UP_RELEASE}
-        if existing is None:  # prices only on creation: a user's later changes stay
-            body.update(input_price=input_price, output_price=output_price, max_tokens=256)
-        client.post("/admin/v1/models", body)
-        for endpoint in existing or ():
-            if endpoint["release"] == UP_RELEASE and endpoint["url"] != url:  # our pods of an earlier run
-                client.delete(f"/admin/v1/endpoints/{path_part(endpoint['id'])}")
+        release, urls = pods[name]
+        _register_pods(client, name, release, urls, (input_price, output_price))
     key_file = state_dir / DEMO_KEY_FILE
     key = read_value(key_file)
     if key is not None and _http_status(client.base_url, "/v1/models", key) == 200:
@@ -248,8 +294,12 @@ def run_up(settings: Settings, *, json_output: bool = False, ready_file: Path | 
 
 def _run(settings: Settings, state_dir: Path, base_url: str, started: float, json_output: bool,
          ready_file: Path | None) -> int:
+    from opsctl.deploy.local import LocalDeployer
+
     token, token_file = admin_token_for(settings)
     stack = Stack(settings, state_dir / "logs")
+    # The demo pods: processes of this one (in sessions of their own), their history in the gateway.
+    deployer = LocalDeployer(AdminClient(base_url, token), state_dir, timeout_s=POD_READY_TIMEOUT_S)
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -259,21 +309,15 @@ def _run(settings: Settings, state_dir: Path, base_url: str, started: float, jso
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        sims = {}
-        for name, _, _ in DEMO_MODELS:
-            port = _free_port()
-            stack.spawn(name, ["-m", "opsctl.sim", "--model", name, "--port", str(port)])
-            sims[name] = f"http://127.0.0.1:{port}"
         env = {"FLEETGATE_ADMIN_TOKEN": token, "FLEETGATE_STATE_DIR": str(state_dir),
                "FLEETGATE_DATABASE_URL": settings.database_url, "FLEETGATE_LAKE_URL": settings.lake_url,
                "FLEETGATE_PORT": str(settings.port), "FLEETGATE_HOST": settings.host,
                "FLEETGATE_HEALTH_INTERVAL_S": "2"}
         stack.spawn("gateway", ["-m", "opsctl", "gateway", "serve"], env=env)
-        for name, url in sims.items():
-            stack.wait_http(name, url, "/health", cancelled=lambda: stopping)
         stack.wait_http("gateway", base_url, "/v1/status/readyz", cancelled=lambda: stopping)
+        pods = start_demo_pods(deployer)
         with AdminClient(base_url, token) as client:
-            key = _ensure_demo(client, state_dir, sims)
+            key = _ensure_demo(client, state_dir, pods)
         elapsed = time.monotonic() - started
         if json_output:
             print(json.dumps(ready_record(base_url, key, elapsed, state_dir, token_file)), flush=True)
@@ -288,8 +332,15 @@ def _run(settings: Settings, state_dir: Path, base_url: str, started: float, jso
                           f"(log: {stack.log_dir / name}.log)",
                           file=sys.stderr)
                     return 1
+            # A pod that exits is not fatal: a rollout may have pruned it, and the gateway's prober
+            # takes a crashed one out of routing. Only collect its exit status.
+            deployer.reap()
             time.sleep(0.2)
         print("stopping…", file=sys.stderr, flush=True)
         return 0
     finally:
-        stack.stop()
+        try:
+            deployer.stop_all()  # every pod of this state dir's local releases, canaries included
+        finally:
+            deployer.close()
+            stack.stop()

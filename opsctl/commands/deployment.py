@@ -1,7 +1,9 @@
 """`opsctl deployment status|history MODEL --env ENV`: a model's release as the deployer sees it.
 
 `status` puts the deployer's view (release, revision, pods) beside the registry's (endpoints, weights,
-health) from the admin API. The deployer and its engine load inside the commands, never at start-up.
+health) from the admin API. `--deployer local` (the default, as for rollouts) reads the LocalDeployer's
+history from the gateway and its processes on this machine; `--deployer helm` asks Helm. The deployer and
+its engine load inside the commands, never at start-up.
 """
 
 from __future__ import annotations
@@ -28,15 +30,17 @@ from opsctl.common import (
 if TYPE_CHECKING:
     from opsctl.deploy import Deployer, DeploymentStatus
 
-deployment_app = new_app("A model's release as the deployer (Helm) sees it.")
+deployment_app = new_app("A model's release as the deployer (local processes or Helm) sees it.")
 
 DEFAULT_CHART = Path("helm/vllm-deployment")
+NO_CHART = "local"  # the chart name of a LocalDeployer release applied without a chart (opsctl up's pods)
 HISTORY_COLUMNS = ("revision", "status", "chart", "app_version", "updated", "description")
 ENDPOINT_COLUMNS = ("endpoint", "release", "weight", "status", "health", "this_release")
 
 EnvOpt = Annotated[str, typer.Option("--env", help="development, staging or production")]
+# The default is opsctl.deploy.DEFAULT_DEPLOYER, spelled out here: importing opsctl.deploy costs start-up time.
 DeployerOpt = Annotated[str, typer.Option("--deployer", envvar="FLEETGATE_DEPLOYER",
-                                          help="deployer kind (helm)")]
+                                          help="local (processes on this machine) or helm")]
 KubeContextOpt = Annotated[str | None, typer.Option(
     "--kube-context", envvar="FLEETGATE_KUBE_CONTEXT", help="kubeconfig context (default: the current one)")]
 NamespaceOpt = Annotated[str | None, typer.Option(
@@ -45,11 +49,18 @@ KubeconfigOpt = Annotated[Path | None, typer.Option(
     "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, else ~/.kube/config)")]
 
 
-def _deployer(kind: str, kubeconfig: Path | None, kube_context: str | None, namespace: str | None) -> Deployer:
+def _deployer(kind: str, kubeconfig: Path | None, kube_context: str | None, namespace: str | None,
+              gateway: str | None, token: str | None, config: str | None) -> Deployer:
+    """The deployer of `kind`; the local one keeps its history in the gateway that --gateway, the settings
+    or the state dir name, and its processes' files in the state dir."""
+    from opsctl.client import find_admin_token, find_gateway_url
+    from opsctl.common import load_cli_settings
     from opsctl.deploy import DeployerOptions, make_deployer
 
-    return make_deployer(kind, DeployerOptions(kubeconfig=kubeconfig, kube_context=kube_context,
-                                               namespace=namespace))
+    settings = load_cli_settings(config)
+    return make_deployer(kind, DeployerOptions(
+        kubeconfig=kubeconfig, kube_context=kube_context, namespace=namespace, state_dir=Path(settings.state_dir),
+        gateway_url=find_gateway_url(settings, gateway)[0], admin_token=find_admin_token(settings, token)))
 
 
 def _release(model: str, env: str) -> str:
@@ -90,11 +101,14 @@ def _registry_entry(model: str, env: str, gateway: str | None, token: str | None
             raise
 
 
-def _endpoint_rows(entry: dict[str, Any], service: str) -> list[dict[str, Any]]:
-    """The registry's endpoints; `this_release` marks those whose host is the release's Service."""
+def _endpoint_rows(entry: dict[str, Any], release: str, service: str) -> list[dict[str, Any]]:
+    """The registry's endpoints; `this_release` marks those labelled with the release's name or whose host
+    is the release's Service."""
+    def mine(e: dict[str, Any]) -> bool:
+        return e["release"] == release or (urlsplit(e["url"]).hostname or "").split(".")[0] == service
+
     return [{"endpoint": e["url"], "release": e["release"], "weight": e["weight"], "status": e["status"],
-             "health": e["last_health"],
-             "this_release": "yes" if (urlsplit(e["url"]).hostname or "").split(".")[0] == service else "no"}
+             "health": e["last_health"], "this_release": "yes" if mine(e) else "no"}
             for e in entry["endpoints"]]
 
 
@@ -109,7 +123,7 @@ def _status_lines(model: str, env: str, release: str, status: DeploymentStatus |
               ("revision", f"{current.revision} {current.status}, updated {current.updated}"),
               ("chart", f"{current.chart} (app {current.app_version})"),
               ("description", current.description)]
-    if local_chart and local_chart != current.chart:
+    if local_chart and current.chart != NO_CHART and local_chart != current.chart:
         lines.append(("local chart", f"{local_chart}: differs from the deployed one"))
     if status.pods is None:
         lines.append(("pods", "unknown (Helm reports no pod status)"))
@@ -120,13 +134,13 @@ def _status_lines(model: str, env: str, release: str, status: DeploymentStatus |
     if status.recovery:
         lines.append(("stuck", f"{current.status}: if no helm or opsctl operation is still running on it, "
                                f"recover with: {status.recovery}"))
-    return [*lines, ("engine", status.engine)]
+    return [*lines, ("ready", "yes" if status.ready else "no"), ("engine", status.engine)]
 
 
 @deployment_app.command("status")
 @handle_errors
 def deployment_status(
-    model: str, env: EnvOpt, deployer: DeployerOpt = "helm", kube_context: KubeContextOpt = None,
+    model: str, env: EnvOpt, deployer: DeployerOpt = "local", kube_context: KubeContextOpt = None,
     namespace: NamespaceOpt = None, kubeconfig: KubeconfigOpt = None,
     chart: Annotated[Path | None, typer.Option(
         "--chart", help=f"chart to compare the deployed one with (default {DEFAULT_CHART} when present)")] = None,
@@ -139,13 +153,13 @@ def deployment_status(
 
     release = _release(model, env)
     local_chart = _local_chart(chart)
-    target = _deployer(deployer, kubeconfig, kube_context, namespace)
+    target = _deployer(deployer, kubeconfig, kube_context, namespace, gateway, admin_token, config)
     try:
         status = target.status(release)
     except ReleaseNotFound:
         status = None
     entry = _registry_entry(model, env, gateway, admin_token, config)
-    endpoints = _endpoint_rows(entry, service_name(model, env)) if entry else []
+    endpoints = _endpoint_rows(entry, release, service_name(model, env)) if entry else []
     if output is Output.json:
         render({"model": model, "env": env, "release": release,
                 "deployment": status.to_dict() if status else None, "local_chart": local_chart,
@@ -164,10 +178,11 @@ def deployment_status(
 @deployment_app.command("history")
 @handle_errors
 def deployment_history(
-    model: str, env: EnvOpt, deployer: DeployerOpt = "helm", kube_context: KubeContextOpt = None,
+    model: str, env: EnvOpt, deployer: DeployerOpt = "local", kube_context: KubeContextOpt = None,
     namespace: NamespaceOpt = None, kubeconfig: KubeconfigOpt = None, output: OutputOpt = Output.table,
+    gateway: GatewayOpt = None, admin_token: TokenOpt = None, config: ConfigOpt = None,
 ) -> None:
     """The release's revisions, oldest first."""
     release = _release(model, env)
-    revisions = _deployer(deployer, kubeconfig, kube_context, namespace).history(release)
+    revisions = _deployer(deployer, kubeconfig, kube_context, namespace, gateway, admin_token, config).history(release)
     render([r.to_dict() for r in revisions], output, columns=HISTORY_COLUMNS)

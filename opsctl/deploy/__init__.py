@@ -1,4 +1,4 @@
-"""Deployers: how a model's release reaches its pods (Helm on Kubernetes; local processes later).
+"""Deployers: how a model's release reaches its pods (Helm on Kubernetes, or local processes).
 
 The rollout engine and `opsctl deployment` talk to the `Deployer` protocol only; the kind is chosen by name
 from `DEPLOYER_KINDS`, whose factories import their implementation lazily (the Helm engine is 244 MB).
@@ -19,6 +19,8 @@ ENVIRONMENTS = ("development", "staging", "production")
 # A release in one of these states has an operation that never finished (or is running right now);
 # Helm refuses to upgrade it until someone rolls it back or uninstalls it.
 PENDING_STATES = frozenset({"pending-install", "pending-upgrade", "pending-rollback"})
+# A model has one stable release per environment, and during a rollout a canary release beside it.
+TRACKS = ("stable", "canary")
 
 
 class DeployError(FleetgateError):
@@ -86,11 +88,14 @@ class DeploymentStatus:
     pods: tuple[Pod, ...] | None
     engine: str
     recovery: str | None = None
+    # Every pod ready (and at least one); without pod status (helm-python-sdk): the revision is deployed.
+    ready: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"release": self.release, "namespace": self.namespace, **self.current.to_dict(),
                 "pods": None if self.pods is None else [p.to_dict() for p in self.pods],
-                "pods_ready": self.pods_ready, "engine": self.engine, "recovery": self.recovery}
+                "pods_ready": self.pods_ready, "ready": self.ready, "engine": self.engine,
+                "recovery": self.recovery}
 
     @property
     def pods_ready(self) -> str | None:
@@ -101,15 +106,22 @@ class DeploymentStatus:
 
 
 class Deployer(Protocol):
-    """Puts a chart's release in place and reports on it. Implementations: HelmDeployer (LocalDeployer later).
+    """Puts a chart's release in place and reports on it. Implementations: HelmDeployer, LocalDeployer.
 
     Every method raises DeployInputError for bad input, ReleaseNotFound for an unknown release,
     ReleaseStuck when a pending operation blocks the change, DeployError when the operation fails.
+    Registering the release's endpoints in the gateway is the caller's job (opsctl/deploy/registry_sync.py).
     """
 
-    def apply(self, release: str, chart: Path, values: Mapping[str, Any], *,
-              values_files: Sequence[Path] = (), description: str | None = None) -> Revision:
+    def apply(self, release: str, chart: Path | None, values: Mapping[str, Any], *,
+              values_files: Sequence[Path] = (), description: str | None = None, timeout_s: int | None = None,
+              version: str | None = None) -> Revision:
         """Install or upgrade `release` to `chart` with `values` layered over `values_files`; wait until ready.
+
+        Args:
+            timeout_s: how long to wait for readiness (None: the deployer options' timeout).
+            version: what this revision deploys (the rollout's --version), kept in the release history as
+                its app_version (Helm: the chart's appVersion; the version goes into the description).
 
         Returns:
             The revision now deployed.
@@ -122,11 +134,26 @@ class Deployer(Protocol):
         """Revisions, oldest first."""
         ...
 
-    def rollback(self, release: str, revision: int) -> Revision:
+    def rollback(self, release: str, revision: int, *, timeout_s: int | None = None) -> Revision:
         """Return `release` to `revision` (this makes a new revision); wait until ready."""
         ...
 
     def uninstall(self, release: str) -> None: ...
+
+    def endpoints(self, release: str) -> list[str]:
+        """The URLs the registry should route to for the release's deployed revision (empty: none deployed).
+
+        Helm: the release's Service, http://{service}.{namespace}.svc.{clusterDomain}:{port}.
+        """
+        ...
+
+    def prune(self, release: str) -> None:
+        """Stop what superseded revisions of `release` still run (Helm replaces pods itself: a no-op).
+
+        Call it once the registry routes to `endpoints(release)` only: until then the previous revision
+        keeps serving beside the new one.
+        """
+        ...
 
 
 @dataclass(frozen=True)
@@ -137,6 +164,11 @@ class DeployerOptions:
     kube_context: str | None = None
     namespace: str | None = None
     timeout_s: int = 900  # vLLM loads large models for minutes; Helm's own 5-minute default is too short
+    # LocalDeployer: where its processes' logs and pid files live, and the gateway whose admin API
+    # (/admin/v1/releases) keeps its revision history.
+    state_dir: Path | None = None
+    gateway_url: str | None = None
+    admin_token: str | None = None
 
 
 def _helm(options: DeployerOptions) -> Deployer:
@@ -145,8 +177,15 @@ def _helm(options: DeployerOptions) -> Deployer:
     return HelmDeployer.from_options(options)
 
 
-# Kind name → factory. LocalDeployer registers "local" here.
-DEPLOYER_KINDS: Mapping[str, Callable[[DeployerOptions], Deployer]] = {"helm": _helm}
+def _local(options: DeployerOptions) -> Deployer:
+    from opsctl.deploy.local import LocalDeployer
+
+    return LocalDeployer.from_options(options)
+
+
+# Kind name → factory; the first is the default of the commands that deploy (FLEETGATE_DEPLOYER overrides it).
+DEPLOYER_KINDS: Mapping[str, Callable[[DeployerOptions], Deployer]] = {"local": _local, "helm": _helm}
+DEFAULT_DEPLOYER = "local"
 
 
 def make_deployer(kind: str, options: DeployerOptions) -> Deployer:

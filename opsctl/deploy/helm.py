@@ -1,8 +1,8 @@
 """HelmDeployer: releases on Kubernetes through the real Helm engine, a `helm` binary or helm-python-sdk.
 
-Both engines do the same things (`upgrade --install --wait --atomic`, rollback, history, status, uninstall),
-one by building argv, the other keyword calls; the builders are separate from the running so tests can assert
-the exact contract. helm_python (244 MB of native library) is imported only inside the SDK engine's methods.
+Both engines do the same things (`upgrade --install --wait --atomic`, rollback, history, status, get values,
+uninstall), one by building argv, the other keyword calls; the builders are separate from the running so tests
+can assert the exact contract. helm_python (244 MB of native library) is imported only inside the SDK engine's methods.
 """
 
 from __future__ import annotations
@@ -49,11 +49,17 @@ class HelmEngine(Protocol):
         ...
 
     def upgrade(self, release: str, chart: Path, values_files: Sequence[Path], values: Mapping[str, Any], *,
-                install: bool, description: str | None) -> None: ...
+                install: bool, description: str | None, timeout_s: int | None = None) -> None:
+        """timeout_s: Helm's --timeout for this change (None: the options')."""
+        ...
 
-    def rollback(self, release: str, revision: int) -> None: ...
+    def rollback(self, release: str, revision: int, *, timeout_s: int | None = None) -> None: ...
 
     def history(self, release: str) -> list[Revision]: ...
+
+    def values(self, release: str, revision: int) -> dict[str, Any]:
+        """`helm get values --all`: the values `revision` was rendered with (chart defaults included)."""
+        ...
 
     def pods(self, release: str) -> tuple[Pod, ...] | None:
         """The pods Helm reports for the release's workloads; None when this engine cannot tell."""
@@ -105,22 +111,47 @@ class HelmDeployer:
         _check_files(chart, values_files)
         return self.engine.render(release, chart, values_files, values)
 
-    def apply(self, release: str, chart: Path, values: Mapping[str, Any], *,
-              values_files: Sequence[Path] = (), description: str | None = None) -> Revision:
+    def apply(self, release: str, chart: Path | None, values: Mapping[str, Any], *,
+              values_files: Sequence[Path] = (), description: str | None = None, timeout_s: int | None = None,
+              version: str | None = None) -> Revision:
+        """Helm keeps no version of its own beside the chart's appVersion: `version` goes into the description
+        (unless one is given), so `helm history` still says what each revision deployed."""
+        if chart is None:
+            raise DeployInputError("the Helm deployer needs a chart directory", param="chart")
         self.render(release, chart, values, values_files=values_files)
         try:
             history = self.history(release)
         except ReleaseNotFound:
             history = []
         self._refuse_if_stuck(release, history)
-        self.engine.upgrade(release, chart, values_files, values, install=not history, description=description)
+        if description is None and version:
+            description = f"version {version}"
+        self.engine.upgrade(release, chart, values_files, values, install=not history, description=description,
+                            timeout_s=timeout_s)
         return self.history(release)[-1]
 
     def status(self, release: str) -> DeploymentStatus:
         history = self.history(release)
-        return DeploymentStatus(release=release, namespace=self.options.namespace, current=history[-1],
-                                pods=self.engine.pods(release), engine=self.engine.name,
-                                recovery=recovery_command(release, history, self.options))
+        pods = self.engine.pods(release)
+        current = history[-1]
+        deployed = current.status == "deployed"
+        ready = deployed if pods is None else deployed and bool(pods) and all(p.ready for p in pods)
+        return DeploymentStatus(release=release, namespace=self.options.namespace, current=current,
+                                pods=pods, engine=self.engine.name,
+                                recovery=recovery_command(release, history, self.options), ready=ready)
+
+    def endpoints(self, release: str) -> list[str]:
+        """The Service of the deployed revision, from the values Helm rendered it with (the chart's
+        `vllm.endpointURL`: name, namespace, cluster domain and port); empty when no revision is deployed."""
+        deployed = [r for r in self.history(release) if r.status == "deployed"]
+        if not deployed:
+            return []
+        values = self.engine.values(release, deployed[-1].revision)
+        return [service_url(values, self.options.namespace or "default")]
+
+    def prune(self, release: str) -> None:
+        """Nothing to do: Kubernetes replaced the pods of superseded revisions during the upgrade."""
+        self.history(release)  # an unknown release is still an error, as for every other operation
 
     def history(self, release: str) -> list[Revision]:
         history = self.engine.history(release)
@@ -128,14 +159,14 @@ class HelmDeployer:
             raise _not_found(release, self.options)
         return history
 
-    def rollback(self, release: str, revision: int) -> Revision:
+    def rollback(self, release: str, revision: int, *, timeout_s: int | None = None) -> Revision:
         """Allowed on a stuck release: rolling back is how it is recovered."""
         history = self.history(release)
         if revision not in {r.revision for r in history}:
             known = ", ".join(str(r.revision) for r in history)
             raise DeployInputError(f"release {release} has no revision {revision} (it has {known})",
                                    param="revision")
-        self.engine.rollback(release, revision)
+        self.engine.rollback(release, revision, timeout_s=timeout_s)
         return self.history(release)[-1]
 
     def uninstall(self, release: str) -> None:
@@ -163,6 +194,27 @@ def recovery_command(release: str, history: Sequence[Revision], options: Deploye
     good = [r for r in earlier if r.status == "deployed"] or [r for r in earlier if r.status == "superseded"]
     action = ["rollback", release, str(good[-1].revision)] if good else ["uninstall", release]
     return shlex.join(["helm", *action, *_target_flags(options)])
+
+
+def service_url(values: Mapping[str, Any], namespace: str) -> str:
+    """The chart's `vllm.endpointURL` for these (computed) values: http://{service}.{ns}.svc.{domain}:{port}.
+
+    Raises:
+        DeployError: the values lack what the chart needs to name its Service (not a release of this chart).
+    """
+    from opsctl.deploy.naming import service_name
+
+    model = values.get("model") if isinstance(values.get("model"), Mapping) else {}
+    service = values.get("service") if isinstance(values.get("service"), Mapping) else {}
+    name, env = model.get("name"), values.get("environment")
+    if not isinstance(name, str) or not name or not isinstance(env, str) or not env:
+        raise DeployError("the release's values name no model.name and environment: is it a release of "
+                          "the vllm-deployment chart?")
+    host = service_name(name, str(env), name_suffix=str(values.get("nameSuffix") or ""),
+                        kubernetes_name_override=str(model.get("kubernetesName") or ""))
+    domain = values.get("clusterDomain") or "cluster.local"
+    port = service.get("port") or 8000
+    return f"http://{host}.{namespace}.svc.{domain}:{int(port)}"
 
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -287,8 +339,8 @@ class HelmCli:
         self.options = options
         self.name = f"helm binary {binary}"
 
-    def _timeout(self) -> list[str]:
-        return ["--timeout", f"{self.options.timeout_s}s"]
+    def _timeout(self, timeout_s: int | None = None) -> list[str]:
+        return ["--timeout", f"{timeout_s or self.options.timeout_s}s"]
 
     def _values(self, values_files: Sequence[Path], values_file: Path) -> list[str]:
         return [arg for path in (*values_files, values_file) for arg in ("--values", str(path))]
@@ -298,14 +350,18 @@ class HelmCli:
         return [self.binary, "template", release, str(chart), *self._values(values_files, values_file), *namespace]
 
     def upgrade_argv(self, release: str, chart: Path, values_files: Sequence[Path], values_file: Path,
-                     description: str | None) -> list[str]:
+                     description: str | None, timeout_s: int | None = None) -> list[str]:
         described = ["--description", description] if description else []
         return [self.binary, "upgrade", release, str(chart), "--install", "--reset-values",
-                *self._values(values_files, values_file), "--wait", "--atomic", *self._timeout(), *described,
+                *self._values(values_files, values_file), "--wait", "--atomic", *self._timeout(timeout_s),
+                *described, *_target_flags(self.options)]
+
+    def rollback_argv(self, release: str, revision: int, timeout_s: int | None = None) -> list[str]:
+        return [self.binary, "rollback", release, str(revision), "--wait", *self._timeout(timeout_s),
                 *_target_flags(self.options)]
 
-    def rollback_argv(self, release: str, revision: int) -> list[str]:
-        return [self.binary, "rollback", release, str(revision), "--wait", *self._timeout(),
+    def values_argv(self, release: str, revision: int) -> list[str]:
+        return [self.binary, "get", "values", release, "--all", "--revision", str(revision), "--output", "json",
                 *_target_flags(self.options)]
 
     def history_argv(self, release: str) -> list[str]:
@@ -323,17 +379,22 @@ class HelmCli:
             return self._run(argv, release, input_error=True)
 
     def upgrade(self, release: str, chart: Path, values_files: Sequence[Path], values: Mapping[str, Any], *,
-                install: bool, description: str | None) -> None:
+                install: bool, description: str | None, timeout_s: int | None = None) -> None:
         # `upgrade --install` decides install-or-upgrade itself, exactly as Helm's users know it.
         with _values_file(values) as values_file:
-            argv = self.upgrade_argv(release, chart, values_files, values_file, description)
-            self._run(argv, release, timeout=self.options.timeout_s + 60)
+            argv = self.upgrade_argv(release, chart, values_files, values_file, description, timeout_s)
+            self._run(argv, release, timeout=(timeout_s or self.options.timeout_s) + 60)
 
-    def rollback(self, release: str, revision: int) -> None:
-        self._run(self.rollback_argv(release, revision), release, timeout=self.options.timeout_s + 60)
+    def rollback(self, release: str, revision: int, *, timeout_s: int | None = None) -> None:
+        self._run(self.rollback_argv(release, revision, timeout_s), release,
+                  timeout=(timeout_s or self.options.timeout_s) + 60)
 
     def history(self, release: str) -> list[Revision]:
         return parse_history(self._json(self.history_argv(release), release))
+
+    def values(self, release: str, revision: int) -> dict[str, Any]:
+        values = self._json(self.values_argv(release, revision), release)
+        return values if isinstance(values, dict) else {}
 
     def pods(self, release: str) -> tuple[Pod, ...] | None:
         return parse_pods(self._json(self.status_argv(release), release))
@@ -364,7 +425,7 @@ class HelmCli:
     def _error(self, action: str, release: str, detail: str, input_error: bool) -> FleetgateError:
         if "cluster unreachable" in detail.lower():
             return _unreachable(self.options, detail)
-        if detail.endswith("not found") and action in ("history", "status", "rollback", "uninstall"):
+        if detail.endswith("not found") and action in ("history", "status", "rollback", "uninstall", "get"):
             return _not_found(release, self.options)
         if input_error:
             return DeployInputError(f"the chart does not render: {_one_line(detail)}", param="values")
@@ -417,20 +478,25 @@ class HelmSdk:
                  "kube_context": self.options.kube_context, "namespace": self.options.namespace}
         return {k: v for k, v in pairs.items() if v}
 
-    def _change(self) -> dict[str, Any]:
-        return {"wait": "watcher", "timeout": self.options.timeout_s}
+    def _change(self, timeout_s: int | None = None) -> dict[str, Any]:
+        return {"wait": "watcher", "timeout": timeout_s or self.options.timeout_s}
 
-    def install_call(self, release: str, chart: Path, values: Mapping[str, Any], description: str | None) -> SdkCall:
+    def install_call(self, release: str, chart: Path, values: Mapping[str, Any], description: str | None,
+                     timeout_s: int | None = None) -> SdkCall:
         return SdkCall("install", (str(chart), release, dict(values)),
-                       {**self._change(), "rollback_on_failure": True, "description": description})
+                       {**self._change(timeout_s), "rollback_on_failure": True, "description": description})
 
-    def upgrade_call(self, release: str, chart: Path, values: Mapping[str, Any], description: str | None) -> SdkCall:
+    def upgrade_call(self, release: str, chart: Path, values: Mapping[str, Any], description: str | None,
+                     timeout_s: int | None = None) -> SdkCall:
         return SdkCall("upgrade", (str(chart), release, dict(values)),
-                       {**self._change(), "reset_values": True, "rollback_on_failure": True,
+                       {**self._change(timeout_s), "reset_values": True, "rollback_on_failure": True,
                         "description": description})
 
-    def rollback_call(self, release: str, revision: int) -> SdkCall:
-        return SdkCall("rollback", (release,), {"version": revision, **self._change()})
+    def rollback_call(self, release: str, revision: int, timeout_s: int | None = None) -> SdkCall:
+        return SdkCall("rollback", (release,), {"version": revision, **self._change(timeout_s)})
+
+    def values_call(self, release: str, revision: int) -> SdkCall:
+        return SdkCall("get_values", (release,), {"all_values": True, "revision": revision})
 
     def history_call(self, release: str) -> SdkCall:
         return SdkCall("history", (release,))
@@ -458,13 +524,17 @@ class HelmSdk:
                        if not path.endswith("NOTES.txt") and text.strip())
 
     def upgrade(self, release: str, chart: Path, values_files: Sequence[Path], values: Mapping[str, Any], *,
-                install: bool, description: str | None) -> None:
+                install: bool, description: str | None, timeout_s: int | None = None) -> None:
         merged = self._merged(values_files, values)
         build = self.install_call if install else self.upgrade_call
-        self._call(build(release, chart, merged, description), release)
+        self._call(build(release, chart, merged, description, timeout_s), release)
 
-    def rollback(self, release: str, revision: int) -> None:
-        self._call(self.rollback_call(release, revision), release)
+    def rollback(self, release: str, revision: int, *, timeout_s: int | None = None) -> None:
+        self._call(self.rollback_call(release, revision, timeout_s), release)
+
+    def values(self, release: str, revision: int) -> dict[str, Any]:
+        values = self._call(self.values_call(release, revision), release)
+        return values if isinstance(values, dict) else {}
 
     def history(self, release: str) -> list[Revision]:
         with self._session("history", release) as config:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from opsctl.deploy import DeployInputError
+from opsctl.deploy import TRACKS, DeployInputError
 
 SERVICE_NAME_MAX = 63  # a DNS-1035 label
 RELEASE_NAME_MAX = 53  # Helm's limit: it appends suffixes of its own to the names it derives
@@ -32,21 +32,37 @@ def kubernetes_name(model: str) -> str:
     return slug if slug[0].isalpha() else f"m-{slug}"
 
 
-def service_name(model: str, env: str) -> str:
-    """The Service the chart creates for `model` in `env`: {model}-{env}, the model part cut to fit 63 chars."""
-    suffix = f"-{env}"
-    return kubernetes_name(model)[:SERVICE_NAME_MAX - len(suffix)].rstrip("-") + suffix
+def service_name(model: str, env: str, *, name_suffix: str = "", kubernetes_name_override: str = "") -> str:
+    """The Service the chart creates for `model` in `env`: {model}-{env}[-{nameSuffix}], the model part cut
+    to fit 63 characters (the chart's `vllm.fullname`; `model.kubernetesName` replaces the derived name)."""
+    suffix = f"-{env}" + (f"-{name_suffix}" if name_suffix else "")
+    model_part = kubernetes_name_override or kubernetes_name(model)
+    return model_part[:SERVICE_NAME_MAX - len(suffix)].rstrip("-") + suffix
 
 
-def release_name(model: str, env: str) -> str:
-    """The Helm release of `model` in `env`: the same {model}-{env} as its Service, so one name finds both.
+def check_track(track: str) -> str:
+    """`track` if it is one of TRACKS.
+
+    Raises:
+        DeployInputError: any other name.
+    """
+    if track not in TRACKS:
+        raise DeployInputError(f"unknown track {track!r}: expected one of {', '.join(TRACKS)}", param="track")
+    return track
+
+
+def release_name(model: str, env: str, track: str = "stable") -> str:
+    """The release of `model` in `env`: {model}-{env} (the stable track; the same name as its Service, so one
+    name finds both), or {model}-{env}-canary for the canary that a rollout deploys beside it (the chart's
+    `nameSuffix: canary` gives its Service the same name).
 
     Never shortened: two long model names cut to the same prefix would share (and overwrite) one release.
 
     Raises:
-        DeployInputError: no usable characters, or longer than Helm's 53.
+        DeployInputError: no usable characters, an unknown track, or longer than Helm's 53.
     """
-    name = f"{kubernetes_name(model)}-{env}"
+    suffix = "" if check_track(track) == "stable" else f"-{track}"
+    name = f"{kubernetes_name(model)}-{env}{suffix}"
     if len(name) > RELEASE_NAME_MAX:
         raise DeployInputError(
             f"model name {model!r} makes the release name {name!r} ({len(name)} characters); Helm allows "

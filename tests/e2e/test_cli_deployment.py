@@ -1,21 +1,26 @@
 """`opsctl deployment status|history` as processes: the real Helm engine (helm-python-sdk) reading release
 records from a stand-in Kubernetes API, a stand-in `helm` binary for the pods view, and a real gateway for
-the registry's side. Bad input exits 2 and an unreachable cluster exits 1, each with one line on stderr.
+the registry's side; with `--deployer local` (the default), a LocalDeployer release of simulator processes
+whose history lives in that gateway. Bad input exits 2 and an unreachable cluster or gateway exits 1, each
+with one line on stderr.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from opsctl.deploy import DeployerOptions
+from opsctl.deploy.local import LocalDeployer
 from tests.e2e.conftest import E2E_TOKEN
 from tests.helm.support import VLLM_CHART
-from tests.support import free_port
+from tests.support import free_port, wait_for
 from tests.unit.fixtures.helm.helm_binary import HelmBinary, Reply
 from tests.unit.fixtures.helm.kube_api import KubeApi
 
@@ -24,8 +29,10 @@ NO_HELM = "/nonexistent"  # PATH without a helm binary: the SDK engine runs
 
 
 def _opsctl(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """opsctl deployment with the Helm deployer (FLEETGATE_DEPLOYER=helm unless `env` says otherwise)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("FLEETGATE_")}
-    base.update(PATH=NO_HELM, FLEETGATE_GATEWAY_URL="http://127.0.0.1:9", FLEETGATE_ADMIN_TOKEN=E2E_TOKEN)
+    base.update(PATH=NO_HELM, FLEETGATE_GATEWAY_URL="http://127.0.0.1:9", FLEETGATE_ADMIN_TOKEN=E2E_TOKEN,
+                FLEETGATE_DEPLOYER="helm")
     return subprocess.run([sys.executable, "-m", "opsctl", "deployment", *args], capture_output=True, text=True,
                           timeout=60, env={**base, **env})
 
@@ -79,6 +86,8 @@ def unreachable_kubeconfig(tmp_path):
      "chart directory /nonexistent/chart not found"),
     (["history", "qwen:7b"], "Missing option '--env'"),
     (["history", "qwen:7b", "--env", "production", "-o", "xml"], "Invalid value for '--output'"),
+    (["history", "qwen:7b", "--env", "qa", "--deployer", "local"], "unknown environment 'qa'"),
+    (["status", "::", "--env", "production", "--deployer", "local"], "model name '::' has no letters or digits"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, fragment, unreachable_kubeconfig):
     """Checked before any cluster or gateway is contacted (both are unreachable here)."""
@@ -185,3 +194,88 @@ def test_status_of_a_model_neither_deployed_nor_registered(kubeconfig, gateway_f
     fields = _fields(out.stdout)
     assert fields["release"] == "phi-3-development: not installed"
     assert fields["registry"] == "not registered"
+
+
+# --- the local deployer ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def local_release(gateway_factory, tmp_path):
+    """demo-chat-production as two simulator processes, registered under its release name."""
+    gateway = gateway_factory()
+    state = tmp_path / "state"
+    deployer = LocalDeployer.from_options(DeployerOptions(state_dir=state, gateway_url=gateway.url,
+                                                          admin_token=E2E_TOKEN, timeout_s=20))
+    values = {"model": {"name": "demo-chat"}, "environment": "production", "replicaCount": 2,
+              "local": {"engine": "simulator"}}
+    try:
+        deployer.apply("demo-chat-production", None, values, version="v1")
+        deployer.apply("demo-chat-production", None, values, version="v2", description="rollout ro_1")
+        deployer.prune("demo-chat-production")
+        with gateway.admin() as admin:
+            for url in deployer.endpoints("demo-chat-production"):
+                admin.post("/admin/v1/models", json={"name": "demo-chat", "environment": "production",
+                                                      "endpoint": url, "release": "demo-chat-production"})
+            admin.post("/admin/v1/models", json={"name": "demo-chat", "environment": "production",
+                                                  "endpoint": "http://127.0.0.1:9", "release": "mine"})
+        yield gateway, state, deployer
+    finally:
+        deployer.uninstall("demo-chat-production")
+        deployer.close()
+
+
+def test_local_history_and_status_beside_the_registry(local_release):
+    gateway, state, deployer = local_release
+    env = {"FLEETGATE_GATEWAY_URL": gateway.url, "FLEETGATE_STATE_DIR": str(state),
+           "FLEETGATE_DEPLOYER": ""}  # unset: local is the default
+    out = _opsctl("history", "demo-chat", "--env", "production", "-o", "json", **env)
+    assert out.returncode == 0, out.stderr
+    assert [(r["revision"], r["status"], r["chart"], r["app_version"], r["description"])
+            for r in json.loads(out.stdout)] == [(1, "superseded", "local", "v1", "Install complete"),
+                                                 (2, "deployed", "local", "v2", "rollout ro_1")]
+    table = _opsctl("history", "demo-chat", "--env", "production", "--deployer", "local", **env).stdout
+    assert table.splitlines()[0].split() == ["REVISION", "STATUS", "CHART", "APP_VERSION", "UPDATED", "DESCRIPTION"]
+
+    out = _opsctl("status", "demo-chat", "--env", "production", "--deployer", "local", **env)
+    assert out.returncode == 0, out.stderr
+    fields = _fields(out.stdout)
+    assert fields["release"] == "demo-chat-production"  # no namespace: processes on this machine
+    assert fields["revision"].startswith("2 deployed, updated ")
+    assert fields["chart"] == "local (app v2)" and "local chart" not in fields
+    assert fields["pods"] == "2/2 ready" and fields["ready"] == "yes"
+    assert "demo-chat-production-r2-0 Running ready, 0 restarts" in out.stdout
+    assert fields["engine"].startswith("local simulator on ")
+    assert fields["registry"] == "active, 3 endpoint(s)"
+    rows = [line.split() for line in out.stdout.split("\n\n")[1].splitlines()[1:]]
+    assert sorted((row[1], row[-1]) for row in rows) == [
+        ("demo-chat-production", "yes"), ("demo-chat-production", "yes"), ("mine", "no")]
+
+    data = json.loads(_opsctl("status", "demo-chat", "--env", "production", "-o", "json", **env).stdout)
+    assert data["deployment"]["ready"] is True and data["deployment"]["pods_ready"] == "2/2"
+    assert data["deployment"]["namespace"] is None and data["deployment"]["revision"] == 2
+
+
+def test_local_status_of_a_crashed_pod_and_of_a_missing_release(local_release):
+    gateway, state, deployer = local_release
+    env = {"FLEETGATE_GATEWAY_URL": gateway.url, "FLEETGATE_STATE_DIR": str(state), "FLEETGATE_DEPLOYER": "local"}
+    victim = deployer.pid_files.read("demo-chat-production")[0]
+    os.kill(victim.pid, signal.SIGKILL)
+    wait_for(lambda: deployer.status("demo-chat-production").pods[0].phase == "Exited", timeout=10,
+             what="the killed pod to exit")  # and this test's deployer reaps its child
+    data = json.loads(_opsctl("status", "demo-chat", "--env", "production", "-o", "json", **env).stdout)
+    assert [(p["phase"], p["ready"]) for p in data["deployment"]["pods"]] == [("Exited", False), ("Running", True)]
+    assert data["deployment"]["ready"] is False and data["deployment"]["pods_ready"] == "1/2"
+
+    out = _opsctl("status", "phi-3", "--env", "production", **env)
+    assert out.returncode == 0, out.stderr
+    assert _fields(out.stdout)["release"] == "phi-3-production: not installed"
+    line = _error_line(_opsctl("history", "phi-3", "--env", "production", **env), 2)
+    assert line == f"error: release phi-3-production not found (local deployer, gateway {gateway.url})"
+
+
+@pytest.mark.parametrize("command", ["status", "history"])
+def test_local_with_the_gateway_unreachable_is_one_line_and_exit_1(command, tmp_path):
+    out = _opsctl(command, "demo-chat", "--env", "production", "--deployer", "local",
+                  FLEETGATE_STATE_DIR=str(tmp_path / "state"))
+    assert _error_line(out, 1) == ("error: release demo-chat-production: cannot reach the gateway at "
+                                   "http://127.0.0.1:9 (ConnectionRefusedError)")

@@ -1,4 +1,7 @@
-"""`opsctl up` as a real process: it serves the SDK, stops cleanly, and reuses its state."""
+"""`opsctl up` as a real process: it serves the SDK, stops cleanly, and reuses its state.
+
+Its demo pods are LocalDeployer releases (simulator): stopped with the stack, restarted by the next `up`.
+"""
 
 from __future__ import annotations
 
@@ -48,6 +51,38 @@ def _stop(proc) -> list[int]:
     return children
 
 
+def _kill(proc) -> None:
+    """After a failure: kill `opsctl up` and its children (the pods run in sessions of their own)."""
+    if proc.poll() is not None:
+        return
+    children = psutil.Process(proc.pid).children(recursive=True)
+    proc.kill()
+    proc.wait()
+    for child in children:
+        try:
+            child.kill()
+            child.wait(10)
+        except psutil.NoSuchProcess:
+            pass
+
+
+def _pods(children: list[int]) -> dict[str, int]:
+    """The simulator pods among `up`'s children: model → pid."""
+    pods = {}
+    for pid in children:
+        try:
+            argv = psutil.Process(pid).cmdline()
+        except psutil.NoSuchProcess:
+            continue
+        if argv[1:3] == ["-m", "opsctl.sim"]:
+            pods[argv[argv.index("--model") + 1]] = pid
+    return pods
+
+
+def _gone(pids) -> bool:
+    return not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids)
+
+
 def test_up_serves_the_sdk_then_stops_everything(tmp_path):
     state_dir, port = tmp_path / "state", free_port()
     proc = _start(state_dir, port)
@@ -74,23 +109,40 @@ def test_up_serves_the_sdk_then_stops_everything(tmp_path):
         counted = subprocess.run([*opsctl, "sql", "select model, count(*) as n from usage group by 1 order by 1",
                                   "--format", "json"], env=env, capture_output=True, text=True, check=True)
         assert json.loads(counted.stdout) == [{"model": "demo-chat", "n": 1}, {"model": "demo-embed", "n": 1}]
+        # The pods are the releases the deployer reports, registered under their release names.
+        status = subprocess.run([*opsctl, "deployment", "status", "demo-chat", "--env", "production", "-o", "json"],
+                                env=env, capture_output=True, text=True, check=True)
+        deployment = json.loads(status.stdout)
+        assert deployment["release"] == "demo-chat-production" and deployment["deployment"]["ready"] is True
+        assert [e["release"] for e in deployment["registry"]["endpoints"]] == ["demo-chat-production"]
+        pod_url = deployment["registry"]["endpoints"][0]["url"]
+        children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        first_pods = _pods(children)
         children = _stop(proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert children, "opsctl up should have started the gateway and pods as children"
-    wait_for(lambda: not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-                             for pid in children), timeout=10, what="children to exit")
+        _kill(proc)
+    assert set(first_pods) == {"demo-chat", "demo-embed"}, "opsctl up should have started the pods as children"
+    assert set(first_pods.values()) <= set(children)
+    wait_for(lambda: _gone(children), timeout=10, what="children to exit")
     assert (state_dir / "admin_token").stat().st_mode & 0o077 == 0
 
-    # Second run reuses the state: same key still works.
+    # Second run reuses the state: same key still works; the demo releases are restarted (new processes on
+    # their old ports, so the registry's endpoints stay), and stopped again with the stack.
     proc = _start(state_dir, port)
     try:
         _, key2, _ = _read_banner(proc)
         assert key2 == key
         r = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {key}"})
         assert r.status_code == 200
+        reply = client.chat.completions.create(model="demo-chat", messages=[{"role": "user", "content": "again"}])
+        assert reply.choices[0].message.content
+        assert httpx.get(pod_url + "/health").status_code == 200
+        history = subprocess.run([*opsctl, "deployment", "history", "demo-chat", "--env", "production", "-o", "json"],
+                                 env=env, capture_output=True, text=True, check=True)
+        assert [(r["revision"], r["status"]) for r in json.loads(history.stdout)] == [(1, "deployed")]
+        second_pods = _pods([c.pid for c in psutil.Process(proc.pid).children(recursive=True)])
+        assert set(second_pods) == {"demo-chat", "demo-embed"} and not set(second_pods.values()) & set(children)
         _stop(proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _kill(proc)
+    wait_for(lambda: _gone(second_pods.values()), timeout=10, what="the restarted pods to exit")

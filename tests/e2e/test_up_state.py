@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -45,9 +46,21 @@ def _ready(proc: subprocess.Popen) -> dict:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    processes = psutil.Process(proc.pid).children(recursive=True)
+    children = [c.pid for c in processes]
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(30) == 0
+    try:
+        code = proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if code != 0:  # no pod may outlive the test: they run in sessions of their own
+        for child in processes:
+            try:
+                child.kill()  # psutil checks it is still the same process (no reused pid)
+            except psutil.NoSuchProcess:
+                pass
+    assert code == 0
     wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
                              for p in children), timeout=15, what="the stack's children to exit")
 
@@ -93,7 +106,8 @@ def test_second_up_is_refused_and_leaves_the_running_stack_alone(tmp_path):
         assert ready["admin_token_file"] == str(state / "admin_token") and ready["state_dir"] == str(state)
         assert (state / "gateway_url").read_text().strip() == url
         registry = _registry(state)  # found through <state>/gateway_url and <state>/admin_token
-        assert {release for eps in registry.values() for release, _ in eps} == {"opsctl-up"}
+        assert {name: [release for release, _ in eps] for name, eps in registry.items()} == {
+            "demo-chat": ["demo-chat-production"], "demo-embed": ["demo-embed-production"]}
 
         second = subprocess.run([sys.executable, "-m", "opsctl", "up", "--port", str(free_port()),
                                  "--state-dir", str(state)], capture_output=True, text=True, timeout=60, env=_env())
@@ -114,7 +128,8 @@ def test_second_up_is_refused_and_leaves_the_running_stack_alone(tmp_path):
         # Usage reaches the lake, then every file in the state dir is private.
         assert json.loads(_opsctl(state, "lake", "flush", "-o", "json").stdout)["gateway"] is True
         modes = _modes(state)
-        assert {"fleetgate.db", "logs/gateway.log", "admin_token", "demo_key", "up.lock"} <= set(modes)
+        assert {"fleetgate.db", "logs/gateway.log", "admin_token", "demo_key", "up.lock",
+                "releases/demo-chat-production/r1-0.log", "releases/demo-chat-production/r1-0.pid"} <= set(modes)
         assert any(name.endswith(".parquet") for name in modes) and any("/seg-" in name for name in modes)
         for path, mode in modes.items():
             is_dir = (state / path).is_dir() if path != str(state) else True
@@ -129,26 +144,40 @@ def test_second_up_is_refused_and_leaves_the_running_stack_alone(tmp_path):
 def test_up_keeps_endpoints_a_user_registered_on_demo_models(tmp_path):
     state, port = tmp_path / "state", free_port()
     mine = f"http://127.0.0.1:{free_port()}"
+    legacy = f"http://127.0.0.1:{free_port()}"
     proc = _start(state, port)
     try:
         _ready(proc)
         out = _opsctl(state, "registry", "register", "demo-chat", "--endpoint", mine, "--release", "mine",
                       "--weight", "0", "--input-price", "0.7")
         assert out.returncode == 0, out.stderr
+        # what an `opsctl up` from before the LocalDeployer registered: its pods are gone
+        out = _opsctl(state, "registry", "register", "demo-chat", "--endpoint", legacy, "--release", "opsctl-up")
+        assert out.returncode == 0, out.stderr
         first = _registry(state)["demo-chat"]
     finally:
         _stop(proc)
-    proc = _start(state, port)
+    [old_pod] = [u for r, u in first if r == "demo-chat-production"]
+    # Something else took the pod's port meanwhile: the restarted pod gets another one.
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the pod's connections linger in TIME_WAIT
+    squatter.bind(("127.0.0.1", int(old_pod.rsplit(":", 1)[1])))
+    squatter.listen()
     try:
-        ready = _ready(proc)
-        again = _registry(state)["demo-chat"]
-        prices = json.loads(_opsctl(state, "registry", "list", "-o", "json").stdout)
+        proc = _start(state, port)
+        try:
+            ready = _ready(proc)
+            again = _registry(state)["demo-chat"]
+            prices = json.loads(_opsctl(state, "registry", "list", "-o", "json").stdout)
+            assert _chat(ready) == 200
+        finally:
+            _stop(proc)
     finally:
-        _stop(proc)
-    old_pod = [u for r, u in first if r == "opsctl-up"]
-    new_pod = [u for r, u in again if r == "opsctl-up"]
+        squatter.close()
+    new_pods = [u for r, u in again if r == "demo-chat-production"]
     assert ("mine", mine) in again  # the user's endpoint survived the restart
-    assert len(old_pod) == len(new_pod) == 1 and old_pod != new_pod  # only our own stale pod was replaced
+    assert len(new_pods) == 1 and new_pods != [old_pod]  # only our own stale pod was replaced
+    assert not any(r == "opsctl-up" for r, _ in again)  # and the old version's dead one removed
     assert next(m for m in prices if m["name"] == "demo-chat")["input_price"] == 0.7  # a user's price stays
     assert ready["api_key"]
 

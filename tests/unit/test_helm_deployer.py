@@ -6,7 +6,8 @@
   the Service it names is the release name opsctl computes.
 - Parsing: Helm's own JSON outputs (fixtures/helm/history.json and status.json are Helm v4.2.3's test data).
 - Real engine: helm-python-sdk reads release records from a stand-in Kubernetes API
-  (tests/unit/fixtures/helm/kube_api.py): history, status, the pending-upgrade release and its recovery.
+  (tests/unit/fixtures/helm/kube_api.py): history, status, computed values (the endpoint of a release),
+  the pending-upgrade release and its recovery.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from opsctl.deploy.helm import (
     parse_history,
     parse_pods,
     recovery_command,
+    service_url,
 )
 from opsctl.deploy.naming import kubernetes_name, release_name, service_name
 from tests.helm.support import VLLM_CHART, find, render, validate
@@ -113,6 +115,32 @@ def test_release_name_is_model_dash_env_and_never_shortened():
         release_name("::__..", "production")
 
 
+def test_the_canary_release_is_named_after_the_stable_one():
+    assert release_name("qwen:7b", "production", track="canary") == "qwen-7b-production-canary"
+    assert release_name("qwen:7b", "production", track="stable") == release_name("qwen:7b", "production")
+    longest = "m" * (53 - len("-staging-canary"))
+    assert release_name(longest, "staging", track="canary") == f"{longest}-staging-canary"
+    with pytest.raises(DeployInputError, match=r"\(54 characters\); Helm allows 53") as refused:
+        release_name(longest + "m", "staging", track="canary")
+    assert refused.value.param == "model"
+    with pytest.raises(DeployInputError, match="^unknown track 'blue': expected one of stable, canary$") as refused:
+        release_name("qwen:7b", "production", track="blue")
+    assert refused.value.param == "track"
+
+
+@pytest.mark.parametrize("model", ["meta-llama/Llama-3.1-8B", "qwen:7b", "01-ai/Yi-34B"])
+def test_the_chart_names_the_canary_service_as_opsctl_names_the_canary_release(model):
+    manifests = render(VLLM_CHART, "values-production.yaml", set={
+        "model.name": model, "model.source.pvc.claimName": "weights", "nameSuffix": "canary"})
+    service = find(manifests, "Service")
+    assert service["metadata"]["name"] == release_name(model, "production", track="canary")
+    assert service["metadata"]["name"] == service_name(model, "production", name_suffix="canary")
+    # and the endpoint the registration Job would register is the URL `endpoints` reports
+    assert service["metadata"]["annotations"]["fleetgate.io/endpoint"] == service_url(
+        {"model": {"name": model}, "environment": "production", "nameSuffix": "canary",
+         "service": {"port": 8000}, "clusterDomain": "cluster.local"}, "fleetgate")
+
+
 @pytest.mark.parametrize("model", HOSTILE_MODELS + ["y" * 70])
 @pytest.mark.parametrize("env", ["development", "production"])
 def test_the_chart_names_its_service_as_opsctl_does(model, env):
@@ -146,6 +174,17 @@ def test_helm_binary_argv_for_every_operation():
     assert cli.template_argv("qwen-7b-production", CHART, (), VALUES_FILE) == [
         "/usr/local/bin/helm", "template", "qwen-7b-production", "/charts/vllm-deployment",
         "--values", "/tmp/opsctl-helm-x/values.yaml", "--namespace", NAMESPACE]  # offline: no cluster flags
+    assert cli.values_argv("qwen-7b-production", 4) == [
+        "/usr/local/bin/helm", "get", "values", "qwen-7b-production", "--all", "--revision", "4", "--output",
+        "json", *target]
+
+
+def test_helm_binary_argv_with_a_timeout_of_its_own():
+    cli = HelmCli("helm", OPTIONS)
+    upgrade = cli.upgrade_argv("r", CHART, (), VALUES_FILE, None, timeout_s=45)
+    assert upgrade[upgrade.index("--timeout"):upgrade.index("--timeout") + 2] == ["--timeout", "45s"]
+    assert cli.rollback_argv("r", 2, timeout_s=45)[5:7] == ["--timeout", "45s"]
+    assert cli.rollback_argv("r", 2)[5:7] == ["--timeout", "600s"]  # None: the options'
 
 
 def test_helm_binary_argv_leaves_unset_targets_to_helm():
@@ -173,6 +212,10 @@ def test_sdk_calls_for_every_operation():
     assert sdk.history_call("r") == SdkCall("history", ("r",))
     assert sdk.status_call("r") == SdkCall("status", ("r",))
     assert sdk.get_all_call("r", 3) == SdkCall("get_all", ("r",), {"revision": 3})
+    assert sdk.values_call("r", 3) == SdkCall("get_values", ("r",), {"all_values": True, "revision": 3})
+    assert sdk.upgrade_call("r", CHART, values, None, timeout_s=45).kwargs["timeout"] == 45
+    assert sdk.install_call("r", CHART, values, None, timeout_s=45).kwargs["timeout"] == 45
+    assert sdk.rollback_call("r", 2, timeout_s=45).kwargs == {"version": 2, "wait": "watcher", "timeout": 45}
     assert HelmSdk(DeployerOptions()).config_kwargs() == {}
 
 
@@ -204,6 +247,57 @@ def test_apply_through_the_helm_binary_runs_exactly_this(tmp_path, monkeypatch):
     assert upgrade["values"][str(env_values)] == "replicaCount: 2\n"
     assert not any("s3cr3t" in arg for call in calls for arg in call["argv"])  # never on the command line
     assert not values_path.exists() and not values_path.parent.exists()  # removed afterwards
+
+
+def test_apply_with_a_timeout_and_a_version_through_the_helm_binary(tmp_path):
+    helm = HelmBinary.install(tmp_path / "bin", {
+        "template": [Reply(stdout="---\n")],
+        "history": [Reply(stdout=(FIXTURES / "history.json").read_text())],
+        "upgrade": [Reply(stdout="{}")]})
+    options = DeployerOptions(namespace=NAMESPACE, timeout_s=600)
+    deployer = HelmDeployer(HelmCli(str(helm.path), options), options)
+    deployer.apply("qwen-7b-production-canary", VLLM_CHART, {"nameSuffix": "canary"}, timeout_s=45, version="v2")
+    upgrade = next(c["argv"] for c in helm.calls() if c["argv"][0] == "upgrade")
+    assert upgrade[upgrade.index("--timeout") + 1] == "45s"
+    assert upgrade[upgrade.index("--description") + 1] == "version v2"  # Helm keeps no version of its own
+    with pytest.raises(DeployInputError, match="needs a chart directory") as refused:
+        deployer.apply("qwen-7b-production", None, {})
+    assert refused.value.param == "chart"
+
+
+def test_endpoints_through_the_helm_binary_are_the_deployed_revisions_service(tmp_path):
+    computed = {"model": {"name": "qwen:7b", "kubernetesName": ""}, "environment": "production",
+                "nameSuffix": "canary", "service": {"port": 8001}, "clusterDomain": "cluster.example"}
+    helm = HelmBinary.install(tmp_path / "bin", {
+        "history": [Reply(stdout=(FIXTURES / "history.json").read_text())],
+        "get": [Reply(stdout=json.dumps(computed))]})
+    options = DeployerOptions(namespace=NAMESPACE, kube_context="prod-eu")
+    deployer = HelmDeployer(HelmCli(str(helm.path), options), options)
+    assert deployer.endpoints("qwen-7b-production-canary") == [
+        "http://qwen-7b-production-canary.fleetgate.svc.cluster.example:8001"]
+    get = [c["argv"] for c in helm.calls() if c["argv"][0] == "get"]
+    assert get == [["get", "values", "qwen-7b-production-canary", "--all", "--revision", "4", "--output", "json",
+                    "--namespace", NAMESPACE, "--kube-context", "prod-eu"]]  # revision 4 is the deployed one
+    deployer.prune("qwen-7b-production-canary")  # Kubernetes replaced the pods itself: nothing to run
+    assert [c["argv"][0] for c in helm.calls()][-1] == "history"
+
+
+def test_no_endpoints_while_no_revision_is_deployed(tmp_path):
+    pending = json.loads((FIXTURES / "history-pending-upgrade.json").read_text())
+    never = [{**pending[0], "status": "failed"}, {**pending[-1], "revision": 2}]
+    helm = HelmBinary.install(tmp_path / "bin", {"history": [Reply(stdout=json.dumps(never))]})
+    deployer = HelmDeployer(HelmCli(str(helm.path), DeployerOptions()), DeployerOptions())
+    assert deployer.endpoints("qwen-7b-production") == []
+    assert "get" not in [c["argv"][0] for c in helm.calls()]
+
+
+def test_service_url_follows_the_chart_rule():
+    assert service_url({"model": {"name": "meta-llama/Llama-3.1-8B"}, "environment": "staging"}, "ml") == (
+        "http://meta-llama-llama-3-1-8b-staging.ml.svc.cluster.local:8000")
+    assert service_url({"model": {"name": "x", "kubernetesName": "short"}, "environment": "staging",
+                        "service": {"port": 9000}}, "ml") == "http://short-staging.ml.svc.cluster.local:9000"
+    with pytest.raises(DeployError, match="no model.name and environment"):
+        service_url({"environment": "staging"}, "ml")
 
 
 def test_helm_binary_errors_become_one_line(tmp_path):
@@ -278,6 +372,7 @@ def test_status_through_the_helm_binary_reports_pods(tmp_path):
     status = HelmDeployer(HelmCli(str(helm.path), options), options).status("qwen-7b-production")
     assert (status.current.revision, status.current.status, status.pods_ready, status.recovery) == (
         2, "deployed", "1/2", None)
+    assert status.ready is False and status.to_dict()["ready"] is False  # one pod is not ready
 
 
 @pytest.mark.parametrize("statuses, command", [
@@ -324,12 +419,13 @@ def test_sdk_status_of_a_healthy_release_has_no_pods_to_report(sdk_deployer):
     status = sdk_deployer.status("meta-llama-llama-3-1-8b-staging")
     assert (status.current.revision, status.current.status, status.recovery) == (3, "deployed", None)
     assert status.pods is None and status.pods_ready is None  # helm-python-sdk 0.2.2 drops Helm's resources
+    assert status.ready is True  # without pods: ready means deployed
     assert status.engine.startswith("helm-python-sdk ")
 
 
 def test_sdk_status_of_a_pending_upgrade_names_the_recovery(sdk_deployer):
     status = sdk_deployer.status("qwen-7b-production")
-    assert status.current.status == "pending-upgrade"
+    assert status.current.status == "pending-upgrade" and status.ready is False
     assert status.recovery.startswith("helm rollback qwen-7b-production 2 --kubeconfig ")
     assert status.recovery.endswith(" --namespace fleetgate")
 
@@ -342,6 +438,31 @@ def test_apply_to_a_stuck_release_is_refused_before_any_change(sdk_deployer, rel
     with pytest.raises(ReleaseStuck, match="helm rollback qwen-7b-production 2 "):
         sdk_deployer.apply("qwen-7b-production", VLLM_CHART, chart_values("qwen:7b", "production"))
     assert all(r.startswith(("/version", "/api/v1/namespaces/fleetgate/secrets")) for r in releases_api.requests)
+
+
+def test_sdk_endpoints_from_the_values_helm_computed(tmp_path):
+    """The release record holds the chart's default values and the user's: Helm coalesces them."""
+    import yaml
+
+    chart_values_yaml = yaml.safe_load((VLLM_CHART / "values.yaml").read_text())
+    records = [{
+        "name": "qwen-7b-production-canary", "namespace": NAMESPACE, "version": number,
+        "info": {"first_deployed": "2026-11-01T09:00:00Z", "last_deployed": "2026-11-01T09:00:00Z",
+                 "description": "Install complete", "status": status},
+        "chart": {"metadata": {"apiVersion": "v2", "name": "vllm-deployment", "version": "0.1.0",
+                               "appVersion": "v0.11.0", "type": "application"}, "values": chart_values_yaml},
+        "config": {"model": {"name": "qwen:7b"}, "environment": "production", "nameSuffix": "canary",
+                   "service": {"port": 8000 + number}},
+        "manifest": ""} for number, status in ((1, "deployed"), (2, "failed"))]
+    with KubeApi(records) as api:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(api.kubeconfig())
+        options = DeployerOptions(kubeconfig=kubeconfig, namespace=NAMESPACE)
+        deployer = HelmDeployer(HelmSdk(options), options)
+        assert deployer.endpoints("qwen-7b-production-canary") == [
+            "http://qwen-7b-production-canary.fleetgate.svc.cluster.local:8001"]  # revision 1 serves
+        with pytest.raises(ReleaseNotFound):
+            deployer.endpoints("nope-production")
 
 
 def test_sdk_unknown_release_and_revision(sdk_deployer):
@@ -409,9 +530,11 @@ def test_sdk_merges_values_files_like_helm(tmp_path):
 
 
 def test_deployer_kinds_and_environments():
-    assert set(DEPLOYER_KINDS) == {"helm"}
-    with pytest.raises(DeployInputError, match="^unknown deployer 'nope': expected one of helm$"):
+    assert set(DEPLOYER_KINDS) == {"local", "helm"}
+    with pytest.raises(DeployInputError, match="^unknown deployer 'nope': expected one of local, helm$"):
         make_deployer("nope", DeployerOptions())
+    with pytest.raises(DeployInputError, match="local deployer needs a state dir and the gateway URL"):
+        make_deployer("local", DeployerOptions())
     assert check_environment("staging") == "staging"
     with pytest.raises(DeployInputError, match="^unknown environment 'qa': expected one of development, "
                                                "staging, production$"):
