@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from opsctl.commands import bench, budget, deployment, lake, orgs, registry, sim, stack, store
+from opsctl.commands import bench, budget, deployment, lake, orgs, registry, rollout, sim, stack, store
 from opsctl.common import OpsctlGroup
 
 app = typer.Typer(
@@ -26,6 +26,10 @@ app.add_typer(orgs.org_app, name="org")
 app.add_typer(orgs.key_app, name="key")
 app.add_typer(registry.registry_app, name="registry")
 app.add_typer(deployment.deployment_app, name="deployment")
+app.add_typer(rollout.rollout_app, name="rollout")
+app.command("promote")(rollout.promote_command)
+app.command("rollback")(rollout.rollback_command)
+app.add_typer(rollout.playbook_app, name="playbook")
 app.add_typer(budget.budget_app, name="budget")
 app.add_typer(store.store_app, name="store")
 app.add_typer(sim.app, name="sim")
