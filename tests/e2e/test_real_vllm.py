@@ -24,7 +24,7 @@ from tests.support import eventually
 from tests.vllm import CHAT_MODEL, START_TIMEOUT_S, VllmServer
 
 # The first test also waits for the server to start; the model runs on one shared core.
-pytestmark = pytest.mark.timeout(START_TIMEOUT_S + 120)
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(START_TIMEOUT_S + 120)]
 
 MODEL = CHAT_MODEL
 # A CPU pod answers slowly; the gateway must wait for it rather than time out.
