@@ -197,7 +197,8 @@ class PlainProgress:
 
 
 def _rollout_words(rollout_id: Any, status: Any) -> str:
-    return " ".join(_short(part) for part in ("rollout", rollout_id, status) if part)
+    # A standalone rollback (opsctl rollback with no rollout running) has no rollout record.
+    return " ".join(_short(part) for part in ("rollout" if rollout_id else "rollback", rollout_id, status) if part)
 
 
 def _gate_words(gate: Mapping[str, Any]) -> str:

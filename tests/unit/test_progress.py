@@ -91,9 +91,11 @@ def test_plain_lines_without_a_step_count():
     stream = io.StringIO()
     progress = PlainProgress(stream)
     progress.event(event(2, "register", "passed", "2 endpoints"))
-    progress.close({"status": "succeeded"})
+    progress.close({"rollout_id": "ro_1", "status": "succeeded"})
+    progress.close({"rollout_id": None, "status": "succeeded"})  # a standalone rollback has no rollout record
     assert [line[9:] for line in stream.getvalue().splitlines()] == ["[3] register passed: 2 endpoints",
-                                                                     "rollout succeeded"]
+                                                                     "rollout ro_1 succeeded",
+                                                                     "rollback succeeded"]
 
 
 @pytest.mark.parametrize("output", ["json", "plain", "table"])
