@@ -79,7 +79,7 @@ async def test_analysis_counts_what_was_sent_per_release(tmp_path):
 
             ep = endpoint_by_url(a, shadow)
             assert ep == {"id": ep["id"], "url": shadow, "release": SHADOW, "status": "disabled", "weight": 0,
-                          "mirror_percent": 50.0, "in_flight": 0, "healthy": True, "ejected": False}
+                          "mirror_percent": 50.0, "routed": True, "in_flight": 0, "healthy": True, "ejected": False}
             assert endpoint_by_url(a, stable)["weight"] == 80
 
 
