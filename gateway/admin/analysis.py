@@ -94,7 +94,10 @@ def _endpoint_json(endpoint: Endpoint, state: EndpointState | None) -> dict[str,
     return {"id": record.id, "url": record.url, "release": record.release, "status": record.status,
             "weight": record.weight, "mirror_percent": record.mirror_percent, "routed": state is not None,
             "in_flight": state.in_flight if state else 0, "healthy": state.healthy if state else True,
-            "ejected": state.ejected if state else False}
+            "ejected": state.ejected if state else False,
+            # What the prober last read from the pod (/v1/models, /metrics); None until it did.
+            "served_model": state.served_model if state else None, "waiting": state.waiting if state else None,
+            "running": state.running if state else None, "kv_usage": state.kv_usage if state else None}
 
 
 def _required_query(request: web.Request, name: str) -> str:

@@ -110,14 +110,20 @@ def vllm_argv(python: str, model_path: str, served_name: str, port: int,
             "--host", "127.0.0.1", "--port", str(port), *args]
 
 
-def vllm_env(base: Mapping[str, str], overrides: Mapping[str, str], core: int | None) -> dict[str, str]:
+def vllm_env(base: Mapping[str, str], overrides: Mapping[str, str], cores: int) -> dict[str, str]:
     """The environment of a vLLM pod: ours without our own venv's and Fleetgate's variables (vLLM's interpreter
-    is another venv, and no admin token belongs in a pod), the CPU defaults, then the release's overrides."""
+    is another venv, and no admin token belongs in a pod), the CPU defaults, then the release's overrides.
+
+    CPU threads are not pinned: a rollout runs the new release beside the old one, and a vLLM pinned to the
+    core a loaded vLLM spins on (its worker polls with sched_yield between steps) gets almost no CPU and never
+    becomes ready. One OpenMP thread per 4 cores of `cores` (at least one) leaves room for the gateway and a
+    second pod; `local.vllm.env` overrides both (e.g. VLLM_CPU_OMP_THREADS_BIND=0-7 on a dedicated machine).
+    """
     env = {k: v for k, v in base.items()
            if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV") and not k.startswith("FLEETGATE_")}
     env.update(VLLM_ENV)
-    if core is not None:
-        env["VLLM_CPU_OMP_THREADS_BIND"] = str(core)  # OpenMP threads stay off the cores the gateway uses first
+    env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
+    env["OMP_NUM_THREADS"] = str(max(1, cores // 4))
     env.update(overrides)
     return env
 
@@ -158,7 +164,7 @@ class Plan:
 
     def env(self) -> dict[str, str]:
         if self.engine == "vllm":
-            return vllm_env(os.environ, self.vllm_env, max(os.sched_getaffinity(0)))
+            return vllm_env(os.environ, self.vllm_env, len(os.sched_getaffinity(0)))
         return {**{k: v for k, v in os.environ.items() if not k.startswith("FLEETGATE_")}, "PYTHONUNBUFFERED": "1"}
 
 

@@ -72,9 +72,10 @@ def gateway_factory(tmp_path) -> Callable[..., GatewayProcess]:
         gw.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def real_vllm(tmp_path_factory) -> Iterator[VllmServer]:
-    """One real vLLM chat server per session (started on first use, ~45 s).
+    """One real vLLM chat server per test module (started on first use, ~45 s; stopped before the next module, so
+    the modules that deploy their own vLLM releases never run beside an idle one).
 
     Without an install it skips, except under `make test-vllm` (FLEETGATE_REQUIRE_VLLM=1), which
     installs it first: there a missing install is a failure.

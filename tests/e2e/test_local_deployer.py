@@ -112,9 +112,12 @@ def test_vllm_argv_serves_the_registry_name_on_loopback():
 def test_vllm_env_is_offline_without_our_venv_or_secrets():
     base = {"PATH": "/usr/bin", "PYTHONPATH": "/repo", "VIRTUAL_ENV": "/repo/.venv",
             "FLEETGATE_ADMIN_TOKEN": "fg-admin-secret", "HOME": "/root"}
-    env = vllm_env(base, {"VLLM_CPU_KVCACHE_SPACE": "2"}, core=1)
-    assert env == {"PATH": "/usr/bin", "HOME": "/root", **VLLM_ENV, "VLLM_CPU_OMP_THREADS_BIND": "1",
-                   "VLLM_CPU_KVCACHE_SPACE": "2"}
+    env = vllm_env(base, {"VLLM_CPU_KVCACHE_SPACE": "2"}, cores=2)
+    assert env == {"PATH": "/usr/bin", "HOME": "/root", **VLLM_ENV, "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+                   "OMP_NUM_THREADS": "1", "VLLM_CPU_KVCACHE_SPACE": "2"}
+    # Threads scale with the machine, and a release's own settings win.
+    assert vllm_env({}, {}, cores=16)["OMP_NUM_THREADS"] == "4"
+    assert vllm_env({}, {"VLLM_CPU_OMP_THREADS_BIND": "0-7"}, cores=16)["VLLM_CPU_OMP_THREADS_BIND"] == "0-7"
 
 
 def test_simulator_argv_maps_settings_to_flags():
