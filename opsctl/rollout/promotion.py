@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 from gateway.errors import FleetgateError, InvalidRequest, NotFound
 from opsctl.client import path_part
 from opsctl.deploy import ReleaseNotFound
+from opsctl.deploy.helm import merge_values
 from opsctl.rollout.engine import Result, find_chart
 from opsctl.rollout.steps import (
     DEFAULT_WEIGHT,
     IN_ROTATION,
     StepFailed,
-    merge_values,
     registry_endpoints,
     route_to_release,
 )

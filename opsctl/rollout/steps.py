@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.errors import FleetgateError
 from opsctl.client import path_part
 from opsctl.deploy import PENDING_STATES, ReleaseNotFound
+from opsctl.deploy.helm import merge_values
 
 if TYPE_CHECKING:
     from opsctl.rollout.engine import Run
@@ -237,16 +238,6 @@ def overlay(values: Mapping[str, Any], *, canary: bool) -> dict[str, Any]:
     registration Jobs stay off), and a canary's objects get the `-canary` suffix."""
     merged = merge_values(values, {"registration": {"enabled": False}})
     return merge_values(merged, {"nameSuffix": "canary"}) if canary else merged
-
-
-def merge_values(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = merge_values(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 # --- steps ------------------------------------------------------------------------------------------------
