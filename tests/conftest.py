@@ -57,6 +57,25 @@ def postgres_url(postgres_database):
     db.drop()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """The store's URL on each backend in turn: a SQLite file, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state' / 'fleetgate.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+async def store(database_url):
+    """An open, migrated store on `database_url` (so a test using it runs once per backend)."""
+    from gateway.store import open_store
+
+    store = open_store(database_url)
+    await store.open()
+    yield store
+    await store.close()
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     try:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from opsctl.commands.deployment import KubeconfigOpt, KubeContextOpt, NamespaceOpt
 from opsctl.common import (
     ConfigOpt,
     GatewayOpt,
@@ -40,12 +41,6 @@ PlaybookOpt = Annotated[Path | None, typer.Option("--playbook", help="playbook f
 DeployerOpt = Annotated[str | None, typer.Option(
     "--deployer", envvar="FLEETGATE_DEPLOYER",
     help="local or helm (default: the playbook's, else local; resume/abort: the rollout's)")]
-KubeContextOpt = Annotated[str | None, typer.Option(
-    "--kube-context", envvar="FLEETGATE_KUBE_CONTEXT", help="helm: kubeconfig context (default: the current one)")]
-NamespaceOpt = Annotated[str | None, typer.Option(
-    "--namespace", envvar="FLEETGATE_NAMESPACE", help="helm: Kubernetes namespace (default: the context's)")]
-KubeconfigOpt = Annotated[Path | None, typer.Option(
-    "--kubeconfig", help="helm: kubeconfig file (default: $KUBECONFIG, else ~/.kube/config)")]
 StateDirOpt = Annotated[Path | None, typer.Option(
     "--state-dir", help="local state: the local deployer's process logs, the `opsctl up` gateway URL and token "
                         "(default $FLEETGATE_STATE_DIR, else ./.fleetgate)")]

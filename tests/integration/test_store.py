@@ -27,21 +27,6 @@ from tests.support import free_port
 NOW = "2026-01-01T00:00:00.000000+00:00"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'state' / 'fleetgate.db'}"
-    return request.getfixturevalue("postgres_url")
-
-
-@pytest.fixture
-async def store(database_url):
-    store = open_store(database_url)
-    await store.open()
-    yield store
-    await store.close()
-
-
 async def _model_with_endpoint(store: Store, name: str = "llama", environment: str = "production"):
     model = await store.create_model(name, environment, input_price=0.5, output_price=1.5)
     endpoint = await store.add_endpoint(model.id, "http://127.0.0.1:9001")

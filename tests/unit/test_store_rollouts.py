@@ -11,23 +11,7 @@ import asyncio
 import pytest
 
 from gateway.errors import Conflict, InvalidRequest, NotFound
-from gateway.store import open_store
 from gateway.store.migrations import latest_version
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'state' / 'fleetgate.db'}"
-    return request.getfixturevalue("postgres_url")
-
-
-@pytest.fixture
-async def store(database_url):
-    store = open_store(database_url)
-    await store.open()
-    yield store
-    await store.close()
 
 
 def _release(**overrides) -> dict:
