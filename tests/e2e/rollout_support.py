@@ -28,6 +28,7 @@ from opsctl.deploy.local import LocalDeployer
 from opsctl.deploy.naming import release_name
 from opsctl.deploy.registry_sync import sync_endpoints
 from tests.e2e.conftest import E2E_TOKEN, GatewayProcess
+from tests.support import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "vllm-deployment"
@@ -244,6 +245,12 @@ class Load:
 
     def errors(self, kind: str) -> int:
         return sum(n for status, n in self.counts[kind].items() if status != 200)
+
+    def answered(self, n: int = 10, timeout: float = 15.0) -> None:
+        """Wait until every kind of traffic got `n` more answers: load really ran on both sides of an operation."""
+        targets = {kind: self.total(kind) + n for kind in self.kinds}
+        wait_for(lambda: all(self.total(kind) >= total for kind, total in targets.items()), timeout=timeout,
+                 what=f"{n} more answers of each kind of load")
 
     def _loop(self, kind: str) -> None:
         body = {"model": self.model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,

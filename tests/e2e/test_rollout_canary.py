@@ -67,10 +67,10 @@ def test_a_healthy_canary_moves_all_traffic_without_a_failed_request(stack):
     old_urls = stack.deploy_stable(ENV, "v1")
     old_pids = stack.pids(STABLE)
     with stack.load(ENV, rate=40) as load, Watcher(stack) as watcher:
-        time.sleep(0.5)
+        load.answered()
         out = stack.opsctl("rollout", "start", MODEL, "--env", ENV, "--version", "v2", *FAST, "--output", "json",
                            "--set", "values.local.engine=simulator")
-        time.sleep(0.5)
+        load.answered()
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     result = result_of(out.stdout)
     assert result["status"] == "succeeded" and result["reason"] is None
@@ -109,7 +109,7 @@ def test_a_bad_release_fails_its_analysis_and_rolls_back(stack, tmp_path):
     with stack.load(ENV, rate=40, stream=False) as load, Watcher(stack) as watcher:
         out = stack.opsctl("rollout", "start", MODEL, "--env", ENV, "--version", "v2-bad", "--playbook",
                            str(playbook), "--set", "values.local.simulator.error_rate=0.3", "--output", "json")
-        time.sleep(0.5)
+        load.answered()
     assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-2000:]
     result = result_of(out.stdout)
     assert result["status"] == "failed" and "weight analysis failed" in result["reason"]
@@ -119,7 +119,9 @@ def test_a_bad_release_fails_its_analysis_and_rolls_back(stack, tmp_path):
 
     rollout = stack.newest_rollout(MODEL, ENV)
     failed = [e for e in rollout["events"] if e["phase"] == "failed"]
-    assert [e["name"] for e in failed] == ["weight"] and failed[0]["step"] == 3
+    # Usually the 10 % step's window already holds an error; with ~17 % odds its few canary requests all
+    # succeeded and the 50 % step catches it. Never later: the canary never takes all the traffic.
+    assert [e["name"] for e in failed] == ["weight"] and failed[0]["step"] in (3, 4)
     assert any(not g["passed"] and "error_rate" in g["name"] for g in failed[0]["data"]["gates"])
     assert [e["phase"] for e in rollout["events"] if e["name"] == "rollback"] == ["started", "passed"]
     # routing is back as it was: the stable endpoint alone, its weight restored; the canary is gone
@@ -158,5 +160,5 @@ def test_the_first_rollout_of_a_model_deploys_it_as_its_stable_release(stack):
     [endpoint] = stack.endpoints(MODEL, ENV)
     assert (endpoint["release"], endpoint["weight"], endpoint["status"]) == (STABLE, 100, "ready")
     with stack.load(ENV, rate=20, stream=False) as load:
-        time.sleep(1)
+        load.answered()
     assert load.total("unary") > 5 and load.errors("unary") == 0, load.failures[:3]

@@ -97,7 +97,7 @@ def test_a_killed_rollout_blocks_another_until_abort_rolls_it_back(stack, tmp_pa
         assert "opsctl rollout abort" in second.stderr
 
         aborted = stack.opsctl("rollout", "abort", MODEL, "--env", ENV, "--output", "json")
-        time.sleep(0.3)
+        load.answered()
     assert aborted.returncode == 0, aborted.stdout[-3000:] + aborted.stderr
     assert result_of(aborted.stdout)["status"] == "aborted"
     assert load.total("unary") > 50 and load.errors("unary") == 0, (load.counts, load.failures[:5])
@@ -145,7 +145,7 @@ def test_an_abort_after_finalize_upgraded_stable_rolls_stable_back(stack, tmp_pa
                                                                              ("deployed", "v2")]
         upgraded = stack.pids(STABLE)
         aborted = stack.opsctl("rollout", "abort", MODEL, "--env", ENV, "--output", "json")
-        time.sleep(0.3)
+        load.answered()
     assert aborted.returncode == 0, aborted.stdout[-3000:] + aborted.stderr
     assert load.total("unary") > 20 and load.errors("unary") == 0, (load.counts, load.failures[:5])
     # stable went back to v1 in a new revision, which alone is routed to and runs
