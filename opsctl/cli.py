@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from opsctl.commands import bench, budget, deployment, lake, orgs, registry, rollout, sim, stack, store
+from opsctl.commands import bench, budget, deployment, lake, orgs, registry, rollout, sim, stack, store, tui
 from opsctl.common import OpsctlGroup
 
 app = typer.Typer(
@@ -37,6 +37,7 @@ app.command("bench")(bench.bench_command)
 app.add_typer(lake.lake_app, name="lake")
 app.add_typer(lake.usage_app, name="usage")
 app.command("sql")(lake.sql_command)
+app.command("tui")(tui.tui_command)
 
 
 def main() -> None:

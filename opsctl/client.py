@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json as jsonlib
 from pathlib import Path
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -79,11 +80,21 @@ class AdminClient:
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
         self._conn: http.client.HTTPConnection | None = None
+        self._stream: http.client.HTTPConnection | None = None
 
     def close(self) -> None:
+        """Close the connection; an event stream read in another thread ends (GatewayUnreachable there)."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        stream = self._stream
+        if stream is not None and stream.sock is not None:
+            import socket
+
+            try:
+                stream.sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked reading the stream
+            except OSError:
+                pass  # already closed by the server
 
     def __enter__(self) -> AdminClient:
         return self
@@ -173,6 +184,66 @@ class AdminClient:
 
     def delete(self, path: str) -> Any:
         return self.request("DELETE", path)
+
+    def stream_events(self, path: str, *, params: dict[str, Any] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Server-Sent Events from `path` as `(event type, decoded data)` until the server ends the stream.
+
+        Uses its own connection (a stream holds it); the client's timeout bounds each read, so it
+        should exceed the server's keep-alive interval (15 s).
+
+        Raises:
+            GatewayUnreachable: no connection, or the connection broke or went silent.
+            FleetgateError: the gateway refused the stream (`status` set).
+        """
+        import http.client
+
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        target = self._prefix + path + (f"?{urlencode(query)}" if query else "")
+        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        conn = cls(self._host, self._port, timeout=self._timeout)
+        self._stream = conn
+        headers = {**self._headers, "Accept": "text/event-stream"}
+        try:
+            try:
+                conn.request("GET", target, headers=headers)
+                response = conn.getresponse()
+            except (OSError, http.client.HTTPException) as e:
+                raise self._unreachable(e) from e
+            if response.status >= 400:
+                data = response.read()
+                try:
+                    message = jsonlib.loads(data)["error"]["message"]
+                except (ValueError, KeyError, TypeError):
+                    message = f"{response.status} {response.reason}"
+                error = FleetgateError(message)
+                error.status = response.status
+                raise error
+            event, data_lines = "message", []
+            while True:
+                try:
+                    raw = response.readline()
+                except (OSError, http.client.HTTPException) as e:
+                    raise self._unreachable(e) from e
+                if not raw:
+                    return  # the server ended the stream
+                line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+                if not line:
+                    if data_lines:
+                        try:
+                            payload = jsonlib.loads("\n".join(data_lines))
+                        except ValueError:
+                            payload = {"text": "\n".join(data_lines)}
+                        yield event, payload if isinstance(payload, dict) else {"value": payload}
+                    event, data_lines = "message", []
+                elif line.startswith(":"):
+                    continue  # a comment: keep-alive or the subscription notice
+                elif line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    data_lines.append(line[5:].removeprefix(" "))
+        finally:
+            self._stream = None
+            conn.close()
 
     def get_status(self, path: str) -> int:
         """HTTP status of a GET without raising on >= 400 (readiness probes)."""
