@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json as jsonlib
 from pathlib import Path
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -185,8 +185,11 @@ class AdminClient:
     def delete(self, path: str) -> Any:
         return self.request("DELETE", path)
 
-    def stream_events(self, path: str, *, params: dict[str, Any] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    def stream_events(self, path: str, *, params: dict[str, Any] | None = None,
+                      on_open: Callable[[], object] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
         """Server-Sent Events from `path` as `(event type, decoded data)` until the server ends the stream.
+
+        `on_open` is called once the gateway accepted the subscription (before any event).
 
         Uses its own connection (a stream holds it); the client's timeout bounds each read, so it
         should exceed the server's keep-alive interval (15 s).
@@ -218,6 +221,8 @@ class AdminClient:
                 error = FleetgateError(message)
                 error.status = response.status
                 raise error
+            if on_open is not None:
+                on_open()
             event, data_lines = "message", []
             while True:
                 try:

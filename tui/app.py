@@ -127,11 +127,13 @@ class FleetgateApp(App):
 
         failures = 0
         while not self._stopping.is_set():
+            def opened() -> None:
+                nonlocal failures
+                failures = 0
+                self.call_from_thread(self._dispatch, EventsConnection(True))
+
             try:
-                for type_, data in self.source.events():
-                    if failures or not self.events_connected:
-                        failures = 0
-                        self.call_from_thread(self._dispatch, EventsConnection(True))
+                for type_, data in self.source.events(on_open=opened):
                     if self._stopping.is_set():
                         return
                     self.call_from_thread(self._dispatch, FleetEvent(type_, data))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,8 +68,10 @@ class Source:
         """A mutating call (POST/PATCH/PUT/DELETE); the decoded JSON answer."""
         raise NotImplementedError
 
-    def events(self, types: tuple[str, ...] = ()) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Live `(type, data)` events from `/admin/v1/events` until the stream ends (then it returns)."""
+    def events(self, types: tuple[str, ...] = (), on_open: Callable[[], object] | None = None,
+               ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Live `(type, data)` events from `/admin/v1/events` until the stream ends (then it returns);
+        `on_open` is called once subscribed."""
         raise NotImplementedError
 
     def lake(self) -> LakeQuery:
@@ -125,14 +127,19 @@ class LiveSource(Source):
     def request(self, method: str, path: str, body: Any = None) -> Any:
         return self.client().request(method, path, json=body)
 
-    def events(self, types: tuple[str, ...] = ()) -> Iterator[tuple[str, dict[str, Any]]]:
+    def events(self, types: tuple[str, ...] = (), on_open: Callable[[], object] | None = None,
+               ) -> Iterator[tuple[str, dict[str, Any]]]:
         from opsctl.client import AdminClient
 
         with AdminClient(self.url, self._token, timeout=EVENT_READ_TIMEOUT_S, source=self._url_source) as client:
             with self._lock:
                 self._clients.append(client)  # close() ends the stream
             params = {"types": ",".join(types)} if types else None
-            yield from client.stream_events("/admin/v1/events", params=params)
+            try:
+                yield from client.stream_events("/admin/v1/events", params=params, on_open=on_open)
+            finally:
+                with self._lock:
+                    self._clients.remove(client)
 
     def lake(self) -> LakeQuery:
         from analytics_lake.query import LakeQuery
@@ -178,8 +185,9 @@ class RecordingSource(LiveSource):
         self._write({"t": self._t(), "get": _key(path, params), "status": 200, "body": body})
         return body
 
-    def events(self, types: tuple[str, ...] = ()) -> Iterator[tuple[str, dict[str, Any]]]:
-        for type_, data in super().events(types):
+    def events(self, types: tuple[str, ...] = (), on_open: Callable[[], object] | None = None,
+               ) -> Iterator[tuple[str, dict[str, Any]]]:
+        for type_, data in super().events(types, on_open):
             self._write({"t": self._t(), "event": type_, "data": data})
             yield type_, data
 
@@ -259,7 +267,10 @@ class ReplaySource(Source):
     def request(self, method: str, path: str, body: Any = None) -> Any:
         raise ReadOnlySource(f"a replay is read-only: {method} {path} was not sent")
 
-    def events(self, types: tuple[str, ...] = ()) -> Iterator[tuple[str, dict[str, Any]]]:
+    def events(self, types: tuple[str, ...] = (), on_open: Callable[[], object] | None = None,
+               ) -> Iterator[tuple[str, dict[str, Any]]]:
+        if on_open is not None:
+            on_open()
         for type_, data in self._events:
             if not types or type_ in types:
                 yield type_, data

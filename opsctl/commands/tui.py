@@ -39,13 +39,14 @@ def tui_command(
         fail(f"--refresh {refresh:g} is invalid: expected {MIN_REFRESH_S:g} to {MAX_REFRESH_S:g} seconds")
     if record is not None and replay is not None:
         fail("--record and --replay cannot be used together")
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        fail("opsctl tui needs a terminal (stdin and stdout are not a TTY); for scripts use the other opsctl commands")
     settings = load_cli_settings(config)
     from tui.source import LiveSource, RecordingSource, ReplaySource
 
-    if replay is not None:
-        source = ReplaySource(replay, settings)
+    replayed = ReplaySource(replay, settings) if replay is not None else None  # a bad file: exit 2 first
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        fail("opsctl tui needs a terminal (stdin and stdout are not a TTY); for scripts use the other opsctl commands")
+    if replayed is not None:
+        source = replayed
     elif record is not None:
         try:
             source = RecordingSource(settings, record, gateway, admin_token)
