@@ -247,6 +247,7 @@ Try it:
   python -c 'from openai import OpenAI; r = OpenAI().chat.completions.create(model="demo-chat", \\
 messages=[{{"role": "user", "content": "Hi"}}]); print(r.choices[0].message.content)'
 
+Console: opsctl tui (fleet overview, registry, rollouts, usage SQL, orgs and keys; q quits)
 Admin: opsctl --help (it finds this gateway and its admin token in the state dir). Ctrl-C stops everything.
 """
 

@@ -1,0 +1,44 @@
+"""SVG snapshot of the registry screen at 120×40 over fixed data.
+
+`fixtures/registry.jsonl` was recorded from a real `opsctl up` stack by
+`python -m tests.tui.fixtures.registry_record` (demo-chat with its simulator pod plus a second
+endpoint on a closed port, which the prober marked unhealthy), then pruned to one answer per
+request at t=1.0 and no live events: the replay's clock and data are fixed, so the frame is too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.tui.conftest import SIZE
+from tui.app import FleetgateApp
+from tui.source import ReplaySource
+
+RECORDING = Path(__file__).parent / "fixtures" / "registry.jsonl"
+
+
+def replay_app() -> FleetgateApp:
+    # A long refresh period: the frame is drawn from the first reads, with no refresh racing the snapshot.
+    return FleetgateApp(ReplaySource(RECORDING), refresh_s=60.0, screen="registry", follow_events=False)
+
+
+async def _settle(pilot, text: str) -> None:
+    for _ in range(100):
+        if text in pilot.app.export_screenshot():
+            break
+        await pilot.pause(0.05)
+    else:
+        raise AssertionError(f"the frame never showed {text!r}")
+    await pilot.wait_for_scheduled_animations()
+
+
+async def show_unhealthy_endpoint(pilot) -> None:
+    """Select demo-chat's second endpoint (the unhealthy one) and wait for its health history."""
+    await _settle(pilot, "observed")
+    pilot.app.screen.query_one("#registry-endpoints").focus()
+    await pilot.press("down")
+    await _settle(pilot, "ClientConnectorError")
+
+
+def test_registry_snapshot(snap_compare):
+    assert snap_compare(replay_app(), terminal_size=SIZE, run_before=show_unhealthy_endpoint)
