@@ -99,7 +99,8 @@ def _health_events(hub: EventHub, registry: Registry) -> StatusChanged:
         environment = next((route.model.environment for route in registry.routes()
                             if route.model.id == endpoint.model_id), None)
         hub.publish("health", {"endpoint_id": endpoint.id, "url": endpoint.url, "model": state.model_name,
-                               "environment": environment, "status": status, "detail": result.summary})
+                               "environment": environment, "status": status, "detail": result.summary,
+                               "latency_ms": round(result.latency_ms, 1)})
 
     return on_status_change
 

@@ -190,8 +190,9 @@ async def test_health_status_changes_stream(tmp_path):
         assert message.event == "health"
         assert message.data == {"endpoint_id": endpoint_id, "url": pod_url, "model": "demo-chat",
                                 "environment": "production", "status": "unhealthy",
-                                "detail": message.data["detail"]}
+                                "detail": message.data["detail"], "latency_ms": message.data["latency_ms"]}
         assert isinstance(message.data["detail"], str) and message.data["detail"]
+        assert isinstance(message.data["latency_ms"], float) and message.data["latency_ms"] >= 0
         endpoint = (await gw.admin.get("/admin/v1/models/production/demo-chat")).json()["endpoints"][0]
         assert endpoint["status"] == "unhealthy"  # the event reports what the store now holds
 
