@@ -109,6 +109,11 @@ class LiveSource(Source):
         self._lock = threading.Lock()
         self.label = self.url
 
+    @property
+    def admin_token(self) -> str | None:
+        """The admin token, for an `opsctl` this console launches (passed by environment, never argv)."""
+        return self._token
+
     def client(self, *, timeout: float | None = None) -> AdminClient:
         """This thread's admin client (http.client connections are not thread-safe)."""
         from opsctl.client import AdminClient
