@@ -18,7 +18,17 @@ import pyarrow.dataset as ds
 from analytics_lake.catalog import effective_files
 from analytics_lake.errors import LakeError, LakeInputError
 from analytics_lake.location import Lake, LakeConfig, open_lake
-from analytics_lake.report_args import DIMENSIONS, month_range, resolve_by, since_bound
+from analytics_lake.report_args import (
+    DIMENSIONS,
+    ERRORS_BY,
+    LATENCY_BY,
+    SPEND_BY,
+    check_range,
+    month_range,
+    resolve_by,
+    since_bound,
+    until_bound,
+)
 from analytics_lake.schema import USAGE_SCHEMA
 from analytics_lake.sql_guard import check_read_only
 
@@ -127,12 +137,16 @@ class LakeQuery:
 
     @staticmethod
     def _where(since: datetime | timedelta | str | None, org: str | None,
-               extra: str = "") -> tuple[str, list[object]]:
+               extra: str = "", until: datetime | timedelta | str | None = None) -> tuple[str, list[object]]:
         clauses, params = [], []
-        bound = since_bound(since)
+        bound, end = since_bound(since), until_bound(until)
+        check_range(bound, end)
         if bound is not None:
             clauses += ["dt >= CAST(? AS DATE)", "ts >= ?"]
             params += [bound.date().isoformat(), bound]
+        if end is not None:  # dt <= end's date prunes later partitions; ts < end is the exact, exclusive bound
+            clauses += ["dt <= CAST(? AS DATE)", "ts < ?"]
+            params += [end.date().isoformat(), end]
         if org is not None:
             clauses.append("org_id = ?")
             params.append(org)
@@ -217,10 +231,13 @@ class LakeQuery:
             timer.cancel()
 
     def spend(self, by: str | Sequence[str] = "org", *, since: datetime | timedelta | str | None = None,
-              org: str | None = None) -> pa.Table:
-        """Requests, tokens and cost (exact, DECIMAL USD) grouped by org|key|model|day (or several)."""
-        cols = resolve_by(by, ("org", "key", "model", "day", "user", "environment", "release", "endpoint"))
-        where, params = self._where(since, org)
+              org: str | None = None, until: datetime | timedelta | str | None = None) -> pa.Table:
+        """Requests, tokens and cost (exact, DECIMAL USD) grouped by org|key|model|day (or several).
+
+        `since` is inclusive, `until` exclusive (a bare date as `until` includes that whole day).
+        """
+        cols = resolve_by(by, SPEND_BY)
+        where, params = self._where(since, org, until=until)
         return self._run(
             f"SELECT {cols}, count(*) AS requests, CAST(sum(prompt_tokens) AS BIGINT) AS prompt_tokens, "
             f"CAST(sum(completion_tokens) AS BIGINT) AS completion_tokens, {_COST} AS cost_usd "
@@ -228,12 +245,12 @@ class LakeQuery:
 
     def latency(self, by: str | Sequence[str] = "model", *, since: datetime | timedelta | str | None = None,
                 org: str | None = None, percentiles: Sequence[float] = (0.5, 0.95, 0.99),
-                ttft: bool = True) -> pa.Table:
+                ttft: bool = True, until: datetime | timedelta | str | None = None) -> pa.Table:
         """Exact percentiles (ms) of total latency and, if `ttft`, of time to first token, by model|endpoint|...
 
         Columns: requests, latency_p50_ms, latency_p95_ms, ... (one per percentile), then ttft_p50_ms, ...
         """
-        cols = resolve_by(by, ("model", "endpoint", "release", "environment", "org", "key", "day"))
+        cols = resolve_by(by, LATENCY_BY)
         if not percentiles or any(not 0 < p < 1 for p in percentiles):
             raise LakeInputError(f"percentiles {tuple(percentiles)} are invalid: expected values between 0 and 1")
         metrics = ["latency_ms", "ttft_ms"] if ttft else ["latency_ms"]
@@ -241,26 +258,26 @@ class LakeQuery:
             f"quantile_cont({m}, {float(p)!r}) AS {m[:-3]}_p{format(p * 100, 'g').replace('.', '_')}_ms"
             for m in metrics for p in percentiles
         )
-        where, params = self._where(since, org)
+        where, params = self._where(since, org, until=until)
         return self._run(f"SELECT {cols}, count(*) AS requests, {aggs} FROM usage{where} GROUP BY ALL ORDER BY ALL",
                          params)
 
     def errors(self, by: str | Sequence[str] = "model", *, since: datetime | timedelta | str | None = None,
-               org: str | None = None) -> pa.Table:
+               org: str | None = None, until: datetime | timedelta | str | None = None) -> pa.Table:
         """Requests, errors (status ≥ 400) and error rate grouped by model|error_type|status|endpoint|..."""
-        cols = resolve_by(by, ("model", "error_type", "status", "endpoint", "release", "org", "key", "day"))
-        where, params = self._where(since, org)
+        cols = resolve_by(by, ERRORS_BY)
+        where, params = self._where(since, org, until=until)
         return self._run(
             f"SELECT {cols}, count(*) AS requests, count(*) FILTER (WHERE status >= 400) AS errors, "
             f"count(*) FILTER (WHERE status >= 400) / count(*) AS error_rate "
             f"FROM usage{where} GROUP BY ALL ORDER BY ALL", params)
 
     def top_keys(self, n: int = 10, *, since: datetime | timedelta | str | None = None,
-                 org: str | None = None) -> pa.Table:
+                 org: str | None = None, until: datetime | timedelta | str | None = None) -> pa.Table:
         """The `n` API keys with the highest spend."""
         if n < 1:
             raise LakeInputError(f"n={n} is invalid: expected a positive integer")
-        where, params = self._where(since, org)
+        where, params = self._where(since, org, until=until)
         return self._run(
             f"SELECT key_id, org_id, count(*) AS requests, "
             f"CAST(sum(prompt_tokens + completion_tokens) AS BIGINT) AS tokens, {_COST} AS cost_usd "
@@ -289,4 +306,4 @@ def _utc_date(epoch_us: int) -> str:
     return datetime.fromtimestamp(epoch_us / 1_000_000, UTC).date().isoformat()
 
 
-__all__ = ["DIMENSIONS", "LakeQuery"]
+__all__ = ["DIMENSIONS", "ERRORS_BY", "LATENCY_BY", "SPEND_BY", "LakeQuery"]

@@ -1,4 +1,4 @@
-"""Validation of report arguments shared by the query layer, the CLI and the admin API: by, since, month.
+"""Validation of report arguments shared by the query layer, the CLI and the admin API: by, since, until, month.
 
 Bad values raise ReportArgumentError naming the argument (CLI exit 2, HTTP 400); every grammar is
 bounded, so no input reaches timedelta/datetime arithmetic that could overflow.
@@ -18,12 +18,18 @@ DIMENSIONS: dict[str, str] = {
     "endpoint": "endpoint", "release": "release", "environment": "environment",
     "error_type": "error_type", "status": "status",
 }
+# what each canned report can group by (here, not in query.py, so the TUI lists them without DuckDB)
+SPEND_BY = ("org", "key", "model", "day", "user", "environment", "release", "endpoint")
+LATENCY_BY = ("model", "endpoint", "release", "environment", "org", "key", "day")
+ERRORS_BY = ("model", "error_type", "status", "endpoint", "release", "org", "key", "day")
+REPORT_BY: dict[str, tuple[str, ...]] = {"spend": SPEND_BY, "latency": LATENCY_BY, "errors": ERRORS_BY}
 MAX_DIMENSIONS = 4
 MAX_DURATION = timedelta(days=3650)  # ten years: the longest look-back or key lifetime
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 _DURATION = re.compile(r"([0-9]{1,9})([smhdw])", re.ASCII)
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _MONTH = re.compile(r"([0-9]{4})-([0-9]{2})", re.ASCII)
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
 _MAX_TEXT = 64  # longer than any valid date, timestamp or duration
 
 
@@ -97,6 +103,41 @@ def since_bound(since: datetime | timedelta | str | None) -> datetime | None:
             raise ReportArgumentError("since", f"since {since} is invalid: expected at most {MAX_DURATION.days}d")
         return datetime.now(UTC) - since
     return since if since.tzinfo else since.replace(tzinfo=UTC)
+
+
+def parse_until(text: str, now: datetime | None = None) -> datetime:
+    """The exclusive end of a date range: like `parse_since`, except that a bare date means the end of
+    that day ('2026-01-31' → 2026-02-01T00:00Z), so `since 2026-01-01 until 2026-01-31` is all of January."""
+    try:
+        moment = parse_since(text, now)
+    except ReportArgumentError as e:
+        raise ReportArgumentError("until", str(e).replace("--since", "--until", 1)) from e
+    if _DATE.fullmatch(text.strip()):
+        try:
+            moment += timedelta(days=1)
+        except OverflowError as e:  # 9999-12-31: no day after it
+            raise ReportArgumentError("until", f"--until {_shown(text)!r} is invalid: too far in the future") from e
+    return moment
+
+
+def until_bound(until: datetime | timedelta | str | None) -> datetime | None:
+    """`until` as an aware datetime (exclusive); a timedelta means that long before now."""
+    if until is None:
+        return None
+    if isinstance(until, str):
+        return parse_until(until)
+    if isinstance(until, timedelta):
+        if not timedelta(0) <= until <= MAX_DURATION:
+            raise ReportArgumentError("until", f"until {until} is invalid: expected at most {MAX_DURATION.days}d")
+        return datetime.now(UTC) - until
+    return until if until.tzinfo else until.replace(tzinfo=UTC)
+
+
+def check_range(since: datetime | None, until: datetime | None) -> None:
+    """An empty or reversed range is a mistake worth saying, not an empty report."""
+    if since is not None and until is not None and until <= since:
+        raise ReportArgumentError("until", f"until {until.isoformat()} is invalid: it must be after since "
+                                           f"{since.isoformat()}")
 
 
 def month_range(month: str) -> tuple[date, date]:

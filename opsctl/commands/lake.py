@@ -77,7 +77,8 @@ def _rows(table: pa.Table) -> list[dict]:
     return table.to_pylist()
 
 
-def _csv_text(table: pa.Table) -> str:
+def csv_text(table: pa.Table) -> str:
+    """The CSV of `opsctl sql --format csv` and `opsctl usage export` (the TUI's export writes the same)."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
@@ -215,6 +216,8 @@ def report_command(
     by: Annotated[str, typer.Option("--by", help="org|key|model|day (spend); model|endpoint (latency); "
                                                  "model|error_type (errors); comma-separated for several")] = "org",
     since: Annotated[str | None, typer.Option("--since", help="7d, 24h, 30m or YYYY-MM-DD")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="exclusive end: 1d, 12h or YYYY-MM-DD "
+                                                              "(a date includes that day); default now")] = None,
     org: OrgOpt = None,
     config: ConfigOpt = None,
     output: OutputOpt = Output.table,
@@ -227,7 +230,7 @@ def report_command(
     org = resolve_org(org, gateway, admin_token, config)
     with LakeQuery(_lake(config), org=org) as lake:
         report = getattr(lake, kind.value)
-        render(_rows(report(by=by, since=since, org=org)), output)
+        render(_rows(report(by=by, since=since, until=until, org=org)), output)
 
 
 @usage_app.command("export")
@@ -248,7 +251,7 @@ def export_command(
     with LakeQuery(_lake(config), org=org) as lake:
         table = lake.export_month(month, org=org)
     try:
-        out.write_text(_csv_text(table))
+        out.write_text(csv_text(table))
     except OSError as e:
         raise CliError(f"cannot write {out}: {e.strerror}", EXIT_FAILED) from e
     render({"month": month, "rows": table.num_rows, "out": str(out)}, output)
@@ -279,6 +282,6 @@ def sql_command(
     with LakeQuery(_lake(config), org=org) as lake:
         table = lake.sql(query)
     if format is SqlFormat.csv:
-        typer.echo(_csv_text(table), nl=False)
+        typer.echo(csv_text(table), nl=False)
     else:
         render(_rows(table), Output(format.value))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -39,6 +41,8 @@ def lake(tmp_path):
     ["usage", "report", "spend", "--by", "planet"],
     ["usage", "report", "latency", "--since", "yesterday-ish"],
     ["usage", "report", "bogus"],
+    ["usage", "report", "spend", "--until", "soonish"],
+    ["usage", "report", "spend", "--since", "2026-01-10", "--until", "2026-01-05"],
     ["usage", "export", "--month", "2026-13", "--out", "x.csv"],
     ["lake", "compact", "--before", "31/01/2026"],
     ["sql", "DROP VIEW usage"],
@@ -58,6 +62,8 @@ def test_sql_and_reports(cli, lake, tmp_path):
     assert result.exit_code == 0 and result.output.splitlines() == ['"org_id","n"', f'"{ACME}",5', f'"{GLOBEX}",5']
     result = cli("usage", "report", "spend", "--by", "org", "--org", ACME, "--output", "json")
     assert result.exit_code == 0 and ACME in result.output and GLOBEX not in result.output
+    result = cli("usage", "report", "spend", "--by", "org", "--until", "2000-01-01", "--output", "json")
+    assert result.exit_code == 0 and json.loads(result.output) == []  # every row is later than the range
     out = tmp_path / "jan.csv"
     result = cli("usage", "export", "--month", "2026-01", "--out", str(out))
     assert result.exit_code == 0 and out.read_text().startswith('"org_id","day","model"')

@@ -74,8 +74,10 @@ class FleetScreen(Screen):
         self.refresh_data()
 
     def on_screen_resume(self) -> None:
-        if getattr(self, "_failing", None) is not None:
+        # The first resume follows on_mount, which already started a refresh.
+        if getattr(self, "_resumed_before", False):
             self.refresh_data()
+        self._resumed_before = True
 
     def _tick(self) -> None:
         if self.is_current:
