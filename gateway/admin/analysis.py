@@ -8,7 +8,6 @@ analyzer compares a canary's errors, latency and TTFT with stable's from two sna
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,6 +19,7 @@ from gateway.admin.common import json_body, reply, require_admin
 from gateway.admin.inputs import field, only_fields, path, query_str
 from gateway.admin.orgs import check_model_name, check_name
 from gateway.errors import InvalidRequest
+from gateway.observability.buckets import bounds_ms, bucket_index, per_bucket
 from gateway.observability.metrics import RELEASE_BUCKETS, TRAFFIC
 from gateway.proxy.smoke import SMOKE_KINDS, default_kind, smoke_test
 from gateway.routing.balancer import EndpointState
@@ -28,8 +28,8 @@ from gateway.store.models import Endpoint
 SMOKE_FIELDS = ("requests", "kind", "timeout_s")
 MAX_SMOKE_REQUESTS = 20
 MAX_SMOKE_TIMEOUT_S = 600.0
-BUCKET_BOUNDS_MS = [round(bound * 1000.0, 3) for bound in RELEASE_BUCKETS] + [None]  # None: +Inf
-_BUCKET_INDEX = {float(bound): i for i, bound in enumerate(RELEASE_BUCKETS)} | {math.inf: len(RELEASE_BUCKETS)}
+BUCKET_BOUNDS_MS = bounds_ms(RELEASE_BUCKETS)  # the last one None: +Inf
+_BUCKET_INDEX = bucket_index(RELEASE_BUCKETS)
 _OUTCOME_FIELD = {"error": "errors", "client_error": "client_errors"}
 
 
@@ -80,14 +80,14 @@ def release_stats(families: Iterable[Metric], model: str, environment: str) -> d
                 key = (sample.labels["release"], sample.labels["traffic"], kind)
                 cumulative.setdefault(key, [0.0] * len(BUCKET_BOUNDS_MS))[index] += value
     for (release, traffic, kind), counts in cumulative.items():
-        stats[release][traffic][kind] = [int(c - (counts[i - 1] if i else 0)) for i, c in enumerate(counts)]
+        stats[release][traffic][kind] = per_bucket(counts)
     for per_release in stats.values():
         for s in per_release.values():
             s["latency_sum_ms"] = round(s["latency_sum_ms"], 3)
     return stats
 
 
-def _endpoint_json(endpoint: Endpoint, state: EndpointState | None) -> dict[str, Any]:
+def endpoint_json(endpoint: Endpoint, state: EndpointState | None) -> dict[str, Any]:
     """The endpoint as this process routes it: the router's copy of its record when it has one (so a caller
     waiting for a registry change to take effect sees when it did), else the store's with `routed` false."""
     record = state.endpoint if state is not None else endpoint
@@ -126,7 +126,7 @@ async def analysis(request: web.Request) -> web.Response:
     return reply({
         "model": name, "environment": env, "boot_id": metrics.boot_id, "bucket_bounds_ms": BUCKET_BOUNDS_MS,
         "releases": dict(sorted(releases.items())),
-        "endpoints": [_endpoint_json(e, states.get(e.id)) for e in endpoints],
+        "endpoints": [endpoint_json(e, states.get(e.id)) for e in endpoints],
     })
 
 

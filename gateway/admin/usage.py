@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from analytics_lake.errors import LakeError, LakeInputError
-from analytics_lake.report_args import ReportArgumentError, by_names, parse_since
+from analytics_lake.report_args import ReportArgumentError, by_names, check_range, parse_since, parse_until
 from gateway import appkeys
 from gateway.admin.common import reply, require_admin
 from gateway.admin.inputs import query_str
@@ -35,11 +35,12 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _run_report(settings, kind: str, by: list[str], since: datetime | None, org: str | None) -> list[dict[str, Any]]:
+def _run_report(settings, kind: str, by: list[str], since: datetime | None, until: datetime | None,
+                org: str | None) -> list[dict[str, Any]]:
     from analytics_lake.query import LakeQuery
 
     with LakeQuery(lake_config(settings), org=org) as lake:
-        table = getattr(lake, kind)(by=by, since=since, org=org)
+        table = getattr(lake, kind)(by=by, since=since, until=until, org=org)
     return [{k: _jsonable(v) for k, v in row.items()} for row in table.to_pylist()]
 
 
@@ -54,7 +55,7 @@ async def _scope(request: web.Request) -> str | None:
 
 
 async def report(request: web.Request) -> web.Response:
-    """A usage report: spend, latency or errors, grouped with ?by=, since ?since=, for ?org=."""
+    """A usage report: spend, latency or errors, grouped with ?by=, from ?since= to ?until= (exclusive), for ?org=."""
     kind = request.match_info["kind"]
     if kind not in REPORTS:
         raise NotFound(f"unknown report {kind!r}: expected one of {', '.join(REPORTS)}")
@@ -65,6 +66,9 @@ async def report(request: web.Request) -> web.Response:
         by = by_names(query_str(request, "by", default_by, max_length=256))
         since_text = query_str(request, "since", max_length=64)
         since = parse_since(since_text) if since_text else None
+        until_text = query_str(request, "until", max_length=64)
+        until = parse_until(until_text) if until_text else None
+        check_range(since, until)
     except ReportArgumentError as e:
         raise InvalidRequest(str(e), param=e.argument) from e
     if scoped_org is not None:
@@ -76,7 +80,7 @@ async def report(request: web.Request) -> web.Response:
     elif org:
         org = (await request.app[appkeys.STORE].get_org(org)).id
     try:
-        rows = await asyncio.to_thread(_run_report, request.app[appkeys.SETTINGS], kind, by, since, org)
+        rows = await asyncio.to_thread(_run_report, request.app[appkeys.SETTINGS], kind, by, since, until, org)
     except ReportArgumentError as e:
         raise InvalidRequest(str(e), param=e.argument) from e
     except LakeInputError as e:

@@ -158,6 +158,16 @@ class Metrics:
         names = {"fleetgate_release_requests", "fleetgate_release_latency_seconds", "fleetgate_release_ttft_seconds"}
         return [family for family in registry.collect() if family.name in names]
 
+    def fleet_families(self) -> list[Metric]:
+        """The per-model families the fleet overview reads (requests by status, end-to-end latency, per-release
+        TTFT), collected now; every worker's summed when multiprocess. Blocking: run it in a thread."""
+        if not self.multiprocess:
+            return [*self.requests.collect(), *self.latency.collect(), *self.release_ttft.collect()]
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        names = {"fleetgate_requests", "fleetgate_request_duration_seconds", "fleetgate_release_ttft_seconds"}
+        return [family for family in registry.collect() if family.name in names]
+
     async def render_async(self) -> bytes:
         """`render()` in a worker thread; concurrent scrapes share one rendering.
 

@@ -430,7 +430,8 @@ class DataPlane:
         # Labels only from the registry: a client's model string never becomes a series.
         model_label = call.route.model.name if call.route is not None else UNKNOWN_MODEL
         m = self.metrics
-        environment = route.model.environment if route else ""
+        # A request no endpoint served still counts in its model's environment (the fleet view shows its errors).
+        environment = route.model.environment if route else (call.route.model.environment if call.route else "")
         m.child(m.requests, model_label, environment, state.endpoint.url if state else "", str(call.status)).inc()
         m.child(m.latency, model_label, environment).observe(latency_ms / 1000.0)
         overhead_ms = latency_ms - call.upstream_ms if call.upstream_ms else None

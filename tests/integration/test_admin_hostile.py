@@ -96,6 +96,8 @@ BAD_QUERIES = [
     ("/admin/v1/usage/errors", {"since": "3651d"}, "since"),
     ("/admin/v1/usage/spend", {"since": "9999-12-31T23:59:59-23:59"}, "since"),
     ("/admin/v1/usage/spend", {"since": "0001-01-01T00:00:00+23:59"}, "since"),
+    ("/admin/v1/usage/spend", {"until": "next tuesday"}, "until"),
+    ("/admin/v1/usage/spend", {"since": "2026-01-10", "until": "2026-01-05"}, "until"),
     ("/admin/v1/usage/spend", {"by": ",".join(["org"] * 1000)}, "by"),
     ("/admin/v1/usage/spend", {"by": "org,org"}, "by"),
     ("/admin/v1/usage/spend", {"org": "\x00"}, "org"),
