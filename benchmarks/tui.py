@@ -188,13 +188,24 @@ class Terminal:
         raise ServiceFailed(f"{marker!r} not on the terminal after {timeout:.0f}s: {bytes(self.output[-2000:])!r}")
 
     def quit(self) -> None:
-        os.write(self.master, b"q")
+        """`q`, as a user would; killed if it does not exit. Safe to call twice."""
+        if self.master < 0:
+            return
         try:
+            os.write(self.master, b"q")
             self.proc.wait(15)
-        except subprocess.TimeoutExpired:
+        except (OSError, subprocess.TimeoutExpired):
             self.proc.kill()
             self.proc.wait()
-        os.close(self.master)
+        finally:
+            os.close(self.master)
+            self.master = -1
+
+    def __enter__(self) -> Terminal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.quit()
 
 
 def measure(args: argparse.Namespace, work: Path) -> dict[str, object]:
@@ -206,22 +217,20 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, object]:
         first_model = b"bench-model-00"  # the first row: 50 rows do not fit in 40 lines
         first_frame, with_data = [], []
         for _ in range(args.starts):
-            terminal = Terminal(stack.url, args.refresh, work)
-            first_frame.append(terminal.wait_for(b"Overview", 30))  # the header shows the screen's title
-            with_data.append(terminal.wait_for(first_model, 30))
-            terminal.quit()
+            with Terminal(stack.url, args.refresh, work) as terminal:
+                first_frame.append(terminal.wait_for(b"Overview", 30))  # the header shows the screen's title
+                with_data.append(terminal.wait_for(first_model, 30))
         # The gateway's CPU without, then with, the console refreshing.
         before = cpu_seconds(stack.gateway.pid)
         time.sleep(args.window)
         gateway_idle = cpu_seconds(stack.gateway.pid) - before
-        terminal = Terminal(stack.url, args.refresh, work)
-        terminal.wait_for(first_model, 30)
-        time.sleep(2 * args.refresh)  # past the first refreshes and the spend query
-        tui_before, gateway_before = cpu_seconds(terminal.proc.pid), cpu_seconds(stack.gateway.pid)
-        time.sleep(args.window)
-        tui_cpu = cpu_seconds(terminal.proc.pid) - tui_before
-        gateway_busy = cpu_seconds(stack.gateway.pid) - gateway_before
-        terminal.quit()
+        with Terminal(stack.url, args.refresh, work) as terminal:
+            terminal.wait_for(first_model, 30)
+            time.sleep(2 * args.refresh)  # past the first refreshes and the spend query
+            tui_before, gateway_before = cpu_seconds(terminal.proc.pid), cpu_seconds(stack.gateway.pid)
+            time.sleep(args.window)
+            tui_cpu = cpu_seconds(terminal.proc.pid) - tui_before
+            gateway_busy = cpu_seconds(stack.gateway.pid) - gateway_before
     finally:
         load.stopping.set()
         load.join(10)

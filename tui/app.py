@@ -9,6 +9,7 @@ figures: screens render what `opsctl` and `analytics_lake` return.
 from __future__ import annotations
 
 import importlib
+import sys
 import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ SCREENS: dict[str, tuple[str, str]] = {
     "orgs": ("Orgs & keys", "tui.screens.orgs:OrgsScreen"),
 }
 RECONNECT_DELAYS_S = (1.0, 2.0, 5.0)
+TERMINAL_CHECK_S = 1.0
 
 
 def _screen_factory(target: str) -> Any:
@@ -78,6 +80,19 @@ class FleetgateApp(App):
         self.switch_mode(self.start_screen)
         if self.follow_events:
             self._follow_events()
+        if not self.is_headless:
+            self.set_interval(TERMINAL_CHECK_S, self._check_terminal)
+
+    def _check_terminal(self) -> None:
+        """Quit when the terminal is gone. A pseudo-terminal whose other side closed without a SIGHUP
+        (a killed emulator or tmux pane, a dropped session manager) reads as endless EOF, which would keep
+        the input loop spinning at a full core forever; the terminal's attributes then fail with EIO."""
+        import termios
+
+        try:
+            termios.tcgetattr(sys.__stdin__.fileno())
+        except (OSError, termios.error, ValueError, AttributeError):
+            self.exit(return_code=1, message="opsctl tui: the terminal went away")
 
     def on_unmount(self) -> None:
         self._stopping.set()

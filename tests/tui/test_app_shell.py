@@ -10,18 +10,11 @@ import pytest
 from gateway.errors import FleetgateError
 from tests.support import free_port
 from tests.tui.conftest import SIZE
+from tests.tui.pilot import until
 from tui.app import SCREENS, FleetgateApp
 from tui.source import LiveSource, RecordingError, RecordingSource, ReplaySource
 
 
-async def _until(pilot, predicate, *, timeout: float = 15.0, what: str = "condition") -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.05)
 
 
 async def test_every_screen_opens_by_its_number_key(fleet_stack):
@@ -31,7 +24,7 @@ async def test_every_screen_opens_by_its_number_key(fleet_stack):
             await pilot.press(str(number))
             await pilot.pause()
             assert app.current_mode == name
-        await _until(pilot, lambda: app.events_connected, what="the event stream")
+        await until(pilot, lambda: app.events_connected, what="the event stream")
 
 
 async def test_the_palette_offers_every_screen_and_no_mutation_when_read_only(fleet_stack):
@@ -56,10 +49,10 @@ async def test_live_events_are_recorded_and_a_recording_replays_the_same_answers
     source = RecordingSource(fleet_stack.settings(), path, fleet_stack.url, fleet_stack.admin_token)
     app = FleetgateApp(source, refresh_s=1.0)
     async with app.run_test(size=SIZE) as pilot:
-        await _until(pilot, lambda: app.events_connected, what="the event stream")
+        await until(pilot, lambda: app.events_connected, what="the event stream")
         with fleet_stack.admin() as admin:
             assert admin.patch("/admin/v1/models/production/demo-chat", json={"max_tokens": 4096}).status_code == 200
-        await _until(pilot, lambda: '"event":"registry"' in path.read_text(), what="a recorded registry event")
+        await until(pilot, lambda: '"event":"registry"' in path.read_text(), what="a recorded registry event")
     entries = [json.loads(line) for line in path.read_text().splitlines()]
     answers = [e for e in entries[1:] if "get" in e]
     assert answers, "the screens' reads were recorded"
@@ -87,7 +80,7 @@ async def test_a_gateway_that_is_down_marks_the_screen_stale_and_the_app_stays_u
     async with app.run_test(size=SIZE) as pilot:
         from tui.widgets.status import Freshness
 
-        await _until(pilot, lambda: bool(app.screen.query_one(Freshness).error), what="the stale marker")
+        await until(pilot, lambda: bool(app.screen.query_one(Freshness).error), what="the stale marker")
         assert "cannot reach the gateway" in app.screen.query_one(Freshness).error
         assert not app.events_connected
         await pilot.press("2")
@@ -98,7 +91,7 @@ async def test_a_gateway_that_is_down_marks_the_screen_stale_and_the_app_stays_u
 async def test_a_wrong_admin_token_is_a_notification_not_a_crash(fleet_stack):
     app = FleetgateApp(LiveSource(fleet_stack.settings(), fleet_stack.url, "fg-wrong-token"), refresh_s=0.5)
     async with app.run_test(size=SIZE) as pilot:
-        await _until(pilot, lambda: any("forbidden (401)" in str(n.message) for n in app._notifications),
+        await until(pilot, lambda: any("forbidden (401)" in str(n.message) for n in app._notifications),
                      what="a 401 notification")
         assert app.is_running
 

@@ -86,3 +86,28 @@ def test_in_a_terminal_it_draws_the_overview_marks_an_absent_gateway_stale_and_q
             proc.kill()
             proc.wait()
         os.close(master)
+
+
+def test_when_the_terminal_goes_away_without_a_hangup_signal_it_exits_instead_of_spinning(tmp_path):
+    """The emulator's side of the pty closes and no SIGHUP comes (no controlling terminal): the input
+    loop would read EOF forever at a full core; the console notices and exits."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETGATE_")}
+    env.update(TERM="xterm-256color", FLEETGATE_STATE_DIR=str(tmp_path / "state"))
+    proc = subprocess.Popen([sys.executable, "-m", "opsctl", "tui", "--gateway", f"http://127.0.0.1:{free_port()}",
+                             "--admin-token", "fg-nobody"], stdin=slave, stdout=slave, stderr=slave, env=env,
+                            start_new_session=True)
+    os.close(slave)
+    try:
+        seen, _ = _read_until(master, b"STALE", timeout=30)
+        assert b"STALE" in seen
+        os.close(master)
+        master = None
+        assert proc.wait(timeout=10) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if master is not None:
+            os.close(master)

@@ -7,14 +7,13 @@ is revoked; a budget's gauge takes the colour of the gateway's own soft/hard ver
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from textual.widgets import Button, DataTable, Footer, Input, Select, Static
 
 from tests.tui.conftest import SIZE
+from tests.tui.pilot import until
 from tui.app import FleetgateApp
 from tui.screens.orgs import OrgsScreen
 from tui.source import LiveSource
@@ -29,15 +28,6 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-async def until(pilot, predicate: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    """Let the app run until `predicate()` is truthy (it reads the app's own state)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        await pilot.pause(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def orgs_screen(app: FleetgateApp) -> OrgsScreen:

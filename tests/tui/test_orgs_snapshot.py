@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from tests.tui.conftest import SIZE
+from tests.tui.pilot import settle
 from tui.app import FleetgateApp
 from tui.source import ReplaySource
 
@@ -24,20 +25,12 @@ def replay_app() -> FleetgateApp:
     return FleetgateApp(ReplaySource(RECORDING), refresh_s=60.0, screen="orgs", follow_events=False)
 
 
-async def _settle(pilot, text: str) -> None:
-    for _ in range(100):
-        if text in pilot.app.export_screenshot():
-            break
-        await pilot.pause(0.05)
-    else:
-        raise AssertionError(f"the frame never showed {text!r}")
-    await pilot.wait_for_scheduled_animations()
 
 
 async def show_acme(pilot) -> None:
     """acme (the first row, selected at start): its two keys; its prod key has its own daily budget."""
-    await _settle(pilot, "initech")
-    await _settle(pilot, "staging")  # the environment of acme's ci key: acme's keys are drawn
+    await settle(pilot, "initech")
+    await settle(pilot, "staging")  # the environment of acme's ci key: acme's keys are drawn
 
 
 def test_orgs_snapshot(snap_compare):

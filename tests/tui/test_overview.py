@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 from rich.text import Text
-from textual.widgets.data_table import CellDoesNotExist
 
 from tests.support import free_port
 from tests.tui.conftest import SIZE
 from tests.tui.stack import CHAT_MODEL
+from tests.tui.pilot import until
 from tui.app import FleetgateApp
 from tui.screens.overview import OverviewScreen
 from tui.source import LiveSource
@@ -27,16 +26,6 @@ def cell(app: FleetgateApp, row: str, column: str) -> str:
     return value.plain if isinstance(value, Text) else str(value)
 
 
-async def until(pilot, predicate, *, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except CellDoesNotExist:  # the row is not there yet
-            pass
-        await pilot.pause(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 async def test_traffic_shows_as_requests_per_second_with_ready_endpoints(fleet_stack):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -19,6 +18,7 @@ from textual.widgets import DataTable, Footer, Input
 from tests.support import free_port, port_open, wait_for
 from tests.tui.conftest import SIZE
 from tests.tui.stack import CHAT_MODEL, FleetStack
+from tests.tui.pilot import until
 from tui.app import FleetgateApp
 from tui.screens.registry import RegistryScreen
 from tui.source import LiveSource
@@ -26,7 +26,6 @@ from tui.widgets.confirm import ConfirmScreen
 from tui.widgets.status import Freshness
 
 ENV = "production"
-DEADLINE_S = 15.0
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +68,6 @@ def live_requests(stack: FleetStack, release: str) -> int:
     return analysis(stack)["releases"].get(release, {}).get("live", {}).get("requests", 0)
 
 
-async def wait_until(pilot, predicate, what: str, timeout: float = DEADLINE_S):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        await pilot.pause(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def table(app: FleetgateApp, name: str) -> DataTable:
@@ -106,13 +97,13 @@ def notifications(app: FleetgateApp) -> list:
 async def test_filter_narrows_models_and_escape_clears(fleet_stack):
     app = FleetgateApp(fleet_stack.source(), refresh_s=1.0, screen="registry")
     async with app.run_test(size=SIZE) as pilot:
-        await wait_until(pilot, lambda: len(row_keys(app, "models")) >= 2, "the models")
+        await until(pilot, lambda: len(row_keys(app, "models")) >= 2, "the models")
         everything = row_keys(app, "models")
         await pilot.press("slash")
         await pilot.press(*"embed")
-        await wait_until(pilot, lambda: row_keys(app, "models") == [f"{ENV}/demo-embed"], "the filtered list")
+        await until(pilot, lambda: row_keys(app, "models") == [f"{ENV}/demo-embed"], "the filtered list")
         await pilot.press("escape")
-        await wait_until(pilot, lambda: row_keys(app, "models") == everything, "the whole list again")
+        await until(pilot, lambda: row_keys(app, "models") == everything, "the whole list again")
         assert app.screen.query_one("#registry-filter", Input).value == ""
 
 
@@ -120,30 +111,30 @@ async def test_disable_from_the_console_stops_routing_then_enable_restores(fleet
     endpoint_id, release = second_pod["id"], second_pod["release"]
     app = FleetgateApp(fleet_stack.source(), refresh_s=1.0, screen="registry")
     async with app.run_test(size=SIZE) as pilot:
-        await wait_until(pilot, lambda: row_keys(app, "models"), "the models")
+        await until(pilot, lambda: row_keys(app, "models"), "the models")
         await filter_to(pilot, app, release)
-        await wait_until(pilot, lambda: row_keys(app, "endpoints") == [endpoint_id], "the second endpoint alone")
+        await until(pilot, lambda: row_keys(app, "endpoints") == [endpoint_id], "the second endpoint alone")
         # The details pane shows its health history from the gateway.
-        await wait_until(pilot, lambda: "observed" in app.export_screenshot(),
+        await until(pilot, lambda: "observed" in app.export_screenshot(),
                          "the endpoint's health history")
         titles = [command.title for command in app.get_system_commands(app.screen)]
         assert f"Registry: disable endpoint {endpoint_id}" in titles  # the palette offers the same actions
         await pilot.press("d")
-        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the confirmation")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the confirmation")
         assert endpoint_id in app.screen.question and second_pod["url"] in app.screen.question
         await pilot.press("y")
-        await wait_until(pilot, lambda: routed_status(fleet_stack, endpoint_id) == "disabled", "the gateway to obey")
-        await wait_until(pilot, lambda: cell(app, endpoint_id, 3) == "disabled", "the row to show it")
+        await until(pilot, lambda: routed_status(fleet_stack, endpoint_id) == "disabled", "the gateway to obey")
+        await until(pilot, lambda: cell(app, endpoint_id, 3) == "disabled", "the row to show it")
 
         before = live_requests(fleet_stack, release)
         assert fleet_stack.chat(20) == [200] * 20  # the first endpoint keeps serving
         assert live_requests(fleet_stack, release) == before  # none reached the disabled one
 
         await pilot.press("e")
-        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the confirmation")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the confirmation")
         await pilot.press("y")
-        await wait_until(pilot, lambda: routed_status(fleet_stack, endpoint_id) == "ready", "the gateway to obey")
-        await wait_until(pilot, lambda: cell(app, endpoint_id, 3) == "ready", "the row to show it")
+        await until(pilot, lambda: routed_status(fleet_stack, endpoint_id) == "ready", "the gateway to obey")
+        await until(pilot, lambda: cell(app, endpoint_id, 3) == "ready", "the row to show it")
         assert fleet_stack.chat(30) == [200] * 30
         assert live_requests(fleet_stack, release) > before  # routed to again (1 in 2^30 to fail by chance)
 
@@ -153,9 +144,9 @@ async def test_live_registry_event_updates_the_row_before_the_next_refresh(fleet
     endpoint_id = second_pod["id"]
     app = FleetgateApp(fleet_stack.source(), refresh_s=60.0, screen="registry")
     async with app.run_test(size=SIZE) as pilot:
-        await wait_until(pilot, lambda: row_keys(app, "models"), "the models")
+        await until(pilot, lambda: row_keys(app, "models"), "the models")
         await filter_to(pilot, app, second_pod["release"])
-        await wait_until(pilot, lambda: row_keys(app, "endpoints") == [endpoint_id], "the second endpoint")
+        await until(pilot, lambda: row_keys(app, "endpoints") == [endpoint_id], "the second endpoint")
         with fleet_stack.admin() as admin:
             # The console says it is connected on its first event: announce no-op changes until it is.
             for _ in range(50):
@@ -167,7 +158,7 @@ async def test_live_registry_event_updates_the_row_before_the_next_refresh(fleet
             r = admin.patch(f"/admin/v1/endpoints/{endpoint_id}", json={"status": "draining"})
             assert r.status_code == 200, r.text
         try:
-            await wait_until(pilot, lambda: cell(app, endpoint_id, 3) == "draining", "the live update", timeout=10)
+            await until(pilot, lambda: cell(app, endpoint_id, 3) == "draining", "the live update", timeout=10)
         finally:
             with fleet_stack.admin() as admin:
                 admin.patch(f"/admin/v1/endpoints/{endpoint_id}", json={"status": "ready"}).raise_for_status()
@@ -177,9 +168,9 @@ async def test_read_only_console_hides_and_refuses_disable(fleet_stack, second_p
     endpoint_id = second_pod["id"]
     app = FleetgateApp(fleet_stack.source(), refresh_s=1.0, screen="registry", read_only=True)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_until(pilot, lambda: row_keys(app, "models"), "the models")
+        await until(pilot, lambda: row_keys(app, "models"), "the models")
         await filter_to(pilot, app, second_pod["release"])
-        await wait_until(pilot, lambda: row_keys(app, "endpoints") == [endpoint_id], "the second endpoint")
+        await until(pilot, lambda: row_keys(app, "endpoints") == [endpoint_id], "the second endpoint")
         footer_actions = {key.action for key in app.screen.query_one(Footer).query("FooterKey")}
         assert "filter" in footer_actions
         assert not footer_actions & {"disable", "enable", "drain"}
@@ -201,15 +192,15 @@ async def test_action_on_an_endpoint_deleted_meanwhile_is_a_notification(fleet_s
         endpoint_id = r.json()["endpoint"]["id"]
     app = FleetgateApp(fleet_stack.source(), refresh_s=30.0, screen="registry", follow_events=False)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_until(pilot, lambda: row_keys(app, "models"), "the models")
+        await until(pilot, lambda: row_keys(app, "models"), "the models")
         await filter_to(pilot, app, release)
-        await wait_until(pilot, lambda: row_keys(app, "endpoints") == [endpoint_id], "the endpoint")
+        await until(pilot, lambda: row_keys(app, "endpoints") == [endpoint_id], "the endpoint")
         with fleet_stack.admin() as admin:
             assert admin.delete(f"/admin/v1/endpoints/{endpoint_id}").status_code == 200
         await pilot.press("e")
-        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the confirmation")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the confirmation")
         await pilot.press("y")
-        failed = await wait_until(pilot, lambda: [n for n in notifications(app) if n.severity == "error"],
+        failed = await until(pilot, lambda: [n for n in notifications(app) if n.severity == "error"],
                                   "the failure notification")
         assert "not found" in failed[0].message and endpoint_id in failed[0].message
         assert isinstance(app.screen, RegistryScreen) and app.is_running
@@ -219,7 +210,7 @@ async def test_gateway_down_marks_the_screen_stale_without_crashing(fleet_stack)
     source = LiveSource(fleet_stack.settings(), f"http://127.0.0.1:{free_port()}", "no-token", timeout=1.0)
     app = FleetgateApp(source, refresh_s=1.0, screen="registry", follow_events=False)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_until(pilot, lambda: [n for n in notifications(app) if n.severity == "error"], "a notification")
+        await until(pilot, lambda: [n for n in notifications(app) if n.severity == "error"], "a notification")
         assert app.screen.query_one(Freshness).error
         assert row_keys(app, "models") == []
         await pilot.press("d")  # nothing selected: a warning, not a crash

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.tui.conftest import SIZE
+from tests.tui.pilot import settle
 from tui.app import FleetgateApp
 from tui.source import ReplaySource
 
@@ -22,22 +23,14 @@ def replay_app() -> FleetgateApp:
     return FleetgateApp(ReplaySource(RECORDING), refresh_s=60.0, screen="registry", follow_events=False)
 
 
-async def _settle(pilot, text: str) -> None:
-    for _ in range(100):
-        if text in pilot.app.export_screenshot():
-            break
-        await pilot.pause(0.05)
-    else:
-        raise AssertionError(f"the frame never showed {text!r}")
-    await pilot.wait_for_scheduled_animations()
 
 
 async def show_unhealthy_endpoint(pilot) -> None:
     """Select demo-chat's second endpoint (the unhealthy one) and wait for its health history."""
-    await _settle(pilot, "observed")
+    await settle(pilot, "observed")
     pilot.app.screen.query_one("#registry-endpoints").focus()
     await pilot.press("down")
-    await _settle(pilot, "ClientConnectorError")
+    await settle(pilot, "ClientConnectorError")
 
 
 def test_registry_snapshot(snap_compare):

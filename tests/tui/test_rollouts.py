@@ -22,6 +22,7 @@ from textual.widgets import Checkbox
 from tests.support import free_port
 from tests.tui.conftest import SIZE
 from tests.tui.stack import CHAT_MODEL, FleetStack
+from tests.tui.pilot import until
 from tui.app import FleetgateApp
 from tui.screens.rollouts import RolloutsScreen
 from tui.source import LiveSource
@@ -110,13 +111,7 @@ def panel_text(app: FleetgateApp) -> str:
 
 
 async def wait_until(pilot: Any, predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        await pilot.pause(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return await until(pilot, predicate, what, timeout=timeout)
 
 
 async def fill(pilot: Any, form: RolloutForm, **values: str) -> None:

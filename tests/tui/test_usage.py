@@ -21,6 +21,7 @@ from textual.widgets import DataTable, Input, Static, TextArea
 
 from tests.tui.conftest import SIZE
 from tests.tui.stack import FleetStack
+from tests.tui.pilot import until
 from tui.app import FleetgateApp
 from tui.source import ReplaySource
 from tui.widgets.report_export import ExportPathScreen
@@ -52,11 +53,7 @@ def opsctl_sql(stack: FleetStack, query: str, tmp_path: Path) -> str:
 
 
 async def wait_until(pilot: Pilot, predicate: Callable[[], object], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.1)
+    await until(pilot, predicate, what, timeout=DEADLINE_S)
 
 
 def cells(app: FleetgateApp, table_id: str) -> list[list[str]]:
