@@ -59,6 +59,8 @@ class Source:
     label: str = ""
     #: True when nothing can be changed through this source (a replay).
     read_only: bool = False
+    #: False for a recording played back: its data is not the fleet's present state.
+    live: bool = True
 
     def get(self, path: str, **params: Any) -> Any:
         """GET an admin API path; the decoded JSON. Raises FleetgateError (status set) or GatewayUnreachable."""
@@ -144,7 +146,8 @@ class LiveSource(Source):
                 yield from client.stream_events("/admin/v1/events", params=params, on_open=on_open)
             finally:
                 with self._lock:
-                    self._clients.remove(client)
+                    if client in self._clients:  # close() may have taken it already
+                        self._clients.remove(client)
 
     def lake(self) -> LakeQuery:
         from analytics_lake.query import LakeQuery
@@ -212,6 +215,7 @@ class ReplaySource(Source):
     """
 
     read_only = True
+    live = False
 
     def __init__(self, path: Path, settings: Settings | None = None) -> None:
         self.label = f"replay of {path.name}"

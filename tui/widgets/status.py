@@ -9,7 +9,8 @@ from textual.widgets import Static
 
 
 class Freshness(Static):
-    """`● live · refreshed 12:00:03` or, after a failed refresh, `▲ STALE · last good 12:00:03 · why`."""
+    """`● live · refreshed 12:00:03`, `▶ replay · recorded 12:00:03` or, after a failed refresh,
+    `STALE last good refresh 12:00:03 · why`."""
 
     last_good: reactive[datetime | None] = reactive(None)
     error: reactive[str] = reactive("")
@@ -20,6 +21,8 @@ class Freshness(Static):
             return f"[b reverse red] STALE [/] last good refresh {when} · {self.error}"
         if self.last_good is None:
             return "[dim]loading…[/]"
+        if not getattr(getattr(self.app, "source", None), "live", True):
+            return f"[b]▶ replay[/] · recorded {when}"
         return f"[green]●[/] live · refreshed {when}"
 
     def watch_error(self, error: str) -> None:
