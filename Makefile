@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.lake --rows 10000000 --s3 --out-md docs/benchmarks.md
 	$(PY) -m benchmarks.shadow --rounds 5 --duration 15
 	$(PY) -m benchmarks.rollout
+	$(PY) -m benchmarks.tui --out-md docs/benchmarks.md
 
 bench-quick: $(STAMP)
 	$(PY) -m benchmarks.gateway --quick --skip-litellm
