@@ -77,8 +77,11 @@ class Stack:
         pods = []
         for i in range(self.args.pods):
             port = free_port()
+            # Each pod serves the registry names of its models, as a vLLM started with --served-model-name does.
+            names = [arg for m in range(i, self.args.models, self.args.pods)
+                     for arg in ("--served-model-name", f"bench-model-{m:02d}")]
             pod = Service(f"pod-{i}", [sys.executable, "-m", "opsctl", "sim", "serve", "--model", f"sim-{i}",
-                                       "--port", str(port), "--ttft-ms", "20", "--tokens-per-s", "400"],
+                                       "--port", str(port), "--ttft-ms", "20", "--tokens-per-s", "400", *names],
                           env=env, log_dir=self.work).start()
             self.services.append(pod)
             pods.append(f"http://127.0.0.1:{port}")
@@ -115,6 +118,7 @@ class Load(threading.Thread):
         self.url, self.key, self.models, self.rate = url, key, models, rate
         self.stopping = threading.Event()
         self.sent = self.failed = 0
+        self.failures: dict[str, int] = {}  # status (or error) → count
 
     def run(self) -> None:
         import http.client
@@ -132,11 +136,17 @@ class Load(threading.Thread):
                     "Authorization": f"Bearer {self.key}", "Content-Type": "application/json"})
                 response = conn.getresponse()
                 response.read()
-                self.failed += response.status != 200
-            except OSError:
-                self.failed += 1
+                if response.status != 200:
+                    self._fail(str(response.status))
+            except OSError as e:
+                self._fail(type(e).__name__)
                 conn.close()
             self.sent += 1
+
+
+    def _fail(self, why: str) -> None:
+        self.failed += 1
+        self.failures[why] = self.failures.get(why, 0) + 1
 
 
 class Terminal:
@@ -236,7 +246,12 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, object]:
         load.join(10)
         stack.stop()
     return {"first_frame": first_frame, "with_data": with_data, "tui_cpu": tui_cpu,
-            "gateway_extra": gateway_busy - gateway_idle, "sent": load.sent, "failed": load.failed}
+            "gateway_extra": gateway_busy - gateway_idle, "sent": load.sent, "failed": load.failed,
+            "failures": dict(load.failures)}
+
+
+def _why(failures: dict[str, int]) -> str:
+    return (": " + ", ".join(f"{n} × {why}" for why, n in sorted(failures.items()))) if failures else ""
 
 
 def report(args: argparse.Namespace, result: dict, command: str) -> str:
@@ -254,7 +269,7 @@ def report(args: argparse.Namespace, result: dict, command: str) -> str:
         "",
         f"On {os.cpu_count()} cores (Python {platform.python_version()}): a real gateway (auth, usage spool, "
         f"health prober) with {args.models} models on {args.pods} simulator pods, {args.rate:g} req/s of client "
-        f"load across them ({result['sent']} sent, {result['failed']} failed); `opsctl tui` in a pseudo-terminal "
+        f"load across them ({result['sent']} sent, {result['failed']} failed{_why(result['failures'])}); `opsctl tui` in a pseudo-terminal "
         f"of {COLUMNS}×{ROWS} (xterm-256color) whose output is drained as a terminal would.",
         "",
         "| measure | result | target |",
