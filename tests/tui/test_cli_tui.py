@@ -65,9 +65,8 @@ def _read_until(fd: int, needle: bytes, timeout: float) -> tuple[bytes, float | 
     return seen, None
 
 
-def test_in_a_terminal_it_draws_the_overview_marks_an_absent_gateway_stale_and_quits_on_q(tmp_path):
-    """A real pseudo-terminal, a gateway URL where nothing listens: the console starts anyway (k9s-like),
-    shows the stale marker, and `q` ends it with exit 0."""
+def _start_in_a_terminal(tmp_path) -> tuple[int, subprocess.Popen]:
+    """`opsctl tui` on a 120×40 pseudo-terminal, aimed at a port where nothing listens; (the pty's master, the process)."""
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETGATE_")}
@@ -76,6 +75,13 @@ def test_in_a_terminal_it_draws_the_overview_marks_an_absent_gateway_stale_and_q
                              "--admin-token", "fg-nobody"], stdin=slave, stdout=slave, stderr=slave, env=env,
                             start_new_session=True)
     os.close(slave)
+    return master, proc
+
+
+def test_in_a_terminal_it_draws_the_overview_marks_an_absent_gateway_stale_and_quits_on_q(tmp_path):
+    """A real pseudo-terminal, a gateway URL where nothing listens: the console starts anyway (k9s-like),
+    shows the stale marker, and `q` ends it with exit 0."""
+    master, proc = _start_in_a_terminal(tmp_path)
     try:
         seen, _ = _read_until(master, b"STALE", timeout=30)
         assert b"STALE" in seen, seen[-2000:]
@@ -91,14 +97,7 @@ def test_in_a_terminal_it_draws_the_overview_marks_an_absent_gateway_stale_and_q
 def test_when_the_terminal_goes_away_without_a_hangup_signal_it_exits_instead_of_spinning(tmp_path):
     """The emulator's side of the pty closes and no SIGHUP comes (no controlling terminal): the input
     loop would read EOF forever at a full core; the console notices and exits."""
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETGATE_")}
-    env.update(TERM="xterm-256color", FLEETGATE_STATE_DIR=str(tmp_path / "state"))
-    proc = subprocess.Popen([sys.executable, "-m", "opsctl", "tui", "--gateway", f"http://127.0.0.1:{free_port()}",
-                             "--admin-token", "fg-nobody"], stdin=slave, stdout=slave, stderr=slave, env=env,
-                            start_new_session=True)
-    os.close(slave)
+    master, proc = _start_in_a_terminal(tmp_path)
     try:
         seen, _ = _read_until(master, b"STALE", timeout=30)
         assert b"STALE" in seen
