@@ -21,6 +21,8 @@ from redis.exceptions import RedisError
 from analytics_lake.errors import LakeError
 from analytics_lake.sink import UsageSink
 from gateway import appkeys
+from gateway.admin.access import access_middleware
+from gateway.auth.admin_auth import AdminAuthenticator
 from gateway.auth.authenticator import Authenticator
 from gateway.events import EventHub
 from gateway.http.middleware import edge_middleware
@@ -156,7 +158,7 @@ def create_app(
         worker_id: names this process's usage spool and metrics.
         background: run health probes and periodic registry refresh.
     """
-    app = web.Application(middlewares=[edge_middleware], client_max_size=settings.max_body_bytes)
+    app = web.Application(middlewares=[edge_middleware, access_middleware], client_max_size=settings.max_body_bytes)
     app[appkeys.SETTINGS] = settings
     app[appkeys.METRICS] = Metrics()
     app[appkeys.ACCESS_LOG] = AccessLog(fmt=settings.log_format) if settings.access_log else None
@@ -195,6 +197,7 @@ def create_app(
             auth = Authenticator(the_store, redis=redis, keys=keys, redis_ttl_s=settings.registry_ttl_s,
                                  negative_ttl_s=settings.auth_negative_ttl_s)
             app[appkeys.AUTH] = auth
+            app[appkeys.ADMIN_AUTH] = AdminAuthenticator(settings, the_store)
             bus.subscribe(registry.on_change)
             bus.subscribe(auth.on_change)
             hub = app[appkeys.EVENTS]

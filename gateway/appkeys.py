@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from gateway.auth.admin_auth import AdminAuthenticator
     from gateway.auth.authenticator import Authenticator
+    from gateway.auth.principal import Principal
     from gateway.events import EventHub
     from gateway.observability.access_log import AccessLog
     from gateway.observability.metrics import Metrics
@@ -21,6 +23,7 @@ SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 STORE: web.AppKey[Store] = web.AppKey("store")
 REGISTRY: web.AppKey[Registry] = web.AppKey("registry")
 AUTH: web.AppKey[Authenticator] = web.AppKey("auth")
+ADMIN_AUTH: web.AppKey[AdminAuthenticator] = web.AppKey("admin_auth")  # admin bearer tokens → Principal
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 BUS: web.AppKey[ChangeBus] = web.AppKey("bus")
 DATAPLANE: web.AppKey[DataPlane] = web.AppKey("dataplane")
@@ -32,3 +35,5 @@ REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 # The data plane's part of the access line: org_id, key_id, model, endpoint, upstream_ms, error_code
 # (see gateway.observability.access_log.DATAPLANE_FIELDS); the edge middleware merges it.
 ACCESS: web.RequestKey[dict] = web.RequestKey("fg_access", dict)
+# The admin API caller, set by gateway.admin.access.access_middleware before the handler runs.
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("fg_principal", object)

@@ -8,7 +8,22 @@ from __future__ import annotations
 
 import typer
 
-from opsctl.commands import bench, budget, deployment, lake, orgs, registry, rollout, sim, stack, store, tui
+from opsctl.commands import (
+    audit,
+    bench,
+    budget,
+    config,
+    deployment,
+    identity,
+    lake,
+    orgs,
+    registry,
+    rollout,
+    sim,
+    stack,
+    store,
+    tui,
+)
 from opsctl.common import OpsctlGroup
 
 app = typer.Typer(
@@ -38,6 +53,11 @@ app.add_typer(lake.lake_app, name="lake")
 app.add_typer(lake.usage_app, name="usage")
 app.command("sql")(lake.sql_command)
 app.command("tui")(tui.tui_command)
+app.add_typer(identity.user_app, name="user")
+app.add_typer(identity.service_account_app, name="service-account")
+app.add_typer(audit.audit_app, name="audit")
+# Issue 12 registers here: identity.login_command ("login"), identity.whoami_command ("whoami"),
+# config.apply_command ("apply"), config.export_command ("export"), config.reconcile_command ("reconcile").
 
 
 def main() -> None:

@@ -4,9 +4,25 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.admin import analysis, audit, budgets, events, fleet, health, orgs, registry, releases, rollouts, usage
+from gateway.admin import (
+    access,
+    analysis,
+    audit,
+    budgets,
+    config,
+    events,
+    fleet,
+    health,
+    identity,
+    orgs,
+    registry,
+    releases,
+    rollouts,
+    usage,
+)
 
 
 def setup_admin(app: web.Application) -> None:
-    for module in (orgs, registry, budgets, audit, usage, releases, rollouts, events, analysis, fleet, health):
+    for module in (access, identity, orgs, registry, budgets, audit, usage, releases, rollouts, events, analysis, fleet,
+                   health, config):
         module.setup(app)

@@ -15,7 +15,7 @@ from aiohttp import web
 from prometheus_client.metrics_core import Metric
 
 from gateway import appkeys
-from gateway.admin.common import json_body, reply, require_admin
+from gateway.admin.common import json_body, reply
 from gateway.admin.inputs import field, only_fields, path, query_str
 from gateway.admin.orgs import check_model_name, check_name
 from gateway.errors import InvalidRequest
@@ -109,7 +109,6 @@ def _required_query(request: web.Request, name: str) -> str:
 
 async def analysis(request: web.Request) -> web.Response:
     """Per-release request, error, latency and TTFT counters of one model (live and shadow traffic)."""
-    require_admin(request)
     name = check_model_name(_required_query(request, "model"), "model")
     env = check_name(_required_query(request, "env"), "env")
     app = request.app
@@ -132,7 +131,6 @@ async def analysis(request: web.Request) -> web.Response:
 
 async def smoke(request: web.Request) -> web.Response:
     """Send a few real requests straight to one endpoint, whatever its status; never billed."""
-    require_admin(request)
     endpoint_id = path(request, "endpoint_id")
     body = await json_body(request) if request.can_read_body else {}
     only_fields(body, SMOKE_FIELDS)

@@ -10,7 +10,8 @@ from typing import Any
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.admin.common import json_body, reply, require_admin
+from gateway.admin import access
+from gateway.admin.common import json_body, reply
 from gateway.admin.inputs import field, only_fields, path, query_str
 from gateway.admin.orgs import announce_org
 from gateway.errors import InvalidRequest, NotFound
@@ -28,7 +29,7 @@ def budget_dict(budget: Budget) -> dict[str, Any]:
 
 
 async def set_budget(request: web.Request) -> web.Response:
-    actor = require_admin(request)
+    actor = access.actor(request)
     body = await json_body(request)
     only_fields(body, BUDGET_FIELDS)
     org_ref = field(body, "org", str, required=True)
@@ -38,6 +39,7 @@ async def set_budget(request: web.Request) -> web.Response:
     key_id = field(body, "key_id", str)
     store = request.app[appkeys.STORE]
     org = await store.get_org(org_ref)
+    access.check_org(request, org.id)
     if key_id is not None:
         key = await store.get_api_key(key_id)
         if key.org_id != org.id:
@@ -51,18 +53,16 @@ async def set_budget(request: web.Request) -> web.Response:
 
 
 async def list_budgets(request: web.Request) -> web.Response:
-    require_admin(request)
     store = request.app[appkeys.STORE]
-    org = query_str(request, "org")
-    org_id = (await store.get_org(org)).id if org else None
+    org_id = await access.list_filter(request, query_str(request, "org"))
     return reply([budget_dict(b) for b in await store.list_budgets(org_id)])
 
 
 async def show_budget(request: web.Request) -> web.Response:
     """Limit, spent, reserved, remaining and reset time of each budget of the org."""
-    require_admin(request)
     store = request.app[appkeys.STORE]
     org = await store.get_org(path(request, "org"))
+    access.check_org(request, org.id)
     limiter = request.app[appkeys.DATAPLANE].limiter
     out = []
     for budget in await store.list_budgets(org.id):
@@ -81,12 +81,13 @@ async def rebuild_budgets(request: web.Request) -> web.Response:
     replaced by the lake's figure (one grouped query), later settles add on top. Budgets restore
     themselves after a restart or a Redis data loss; this is for counters known to be wrong
     (e.g. after an outage under the fail-open policy)."""
-    actor = require_admin(request)
+    actor = access.actor(request)
     body = await json_body(request) if request.can_read_body else {}
     only_fields(body, ("org",))
     store = request.app[appkeys.STORE]
     org_name = field(body, "org", str)
-    org_ids = [(await store.get_org(org_name)).id] if org_name else None
+    scope = await access.list_filter(request, org_name)  # an org admin rebuilds its own org's budgets
+    org_ids = [scope] if scope is not None else None
     limiter = request.app[appkeys.DATAPLANE].limiter
     budgets = [b for b in await store.list_budgets() if org_ids is None or b.org_id in org_ids]
     rules = [BudgetRule.from_budget(b) for b in budgets]

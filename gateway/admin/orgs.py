@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.admin.common import json_body, reply, require_admin
+from gateway.admin import access
+from gateway.admin.common import json_body, reply
 from gateway.admin.inputs import (
     duration,
     field,
@@ -50,7 +51,7 @@ def _limits(body: dict) -> dict[str, int | None]:
 
 
 async def create_org(request: web.Request) -> web.Response:
-    actor = require_admin(request)
+    actor = access.actor(request)
     body = await json_body(request)
     only_fields(body, ORG_FIELDS)
     name = check_name(field(body, "name", str, required=True))
@@ -62,22 +63,25 @@ async def create_org(request: web.Request) -> web.Response:
 
 
 async def list_orgs(request: web.Request) -> web.Response:
-    require_admin(request)
-    return reply([o.to_dict() for o in await request.app[appkeys.STORE].list_orgs()])
+    scope = access.org_scope(request)
+    orgs = await request.app[appkeys.STORE].list_orgs()
+    return reply([o.to_dict() for o in orgs if scope is None or o.id == scope])
 
 
 async def get_org(request: web.Request) -> web.Response:
-    require_admin(request)
-    return reply((await request.app[appkeys.STORE].get_org(path(request, "org"))).to_dict())
+    org = await request.app[appkeys.STORE].get_org(path(request, "org"))
+    access.check_org(request, org.id)
+    return reply(org.to_dict())
 
 
 async def update_org(request: web.Request) -> web.Response:
-    actor = require_admin(request)
+    actor = access.actor(request)
     org_ref = path(request, "org")
     body = await json_body(request)
     only_fields(body, ORG_FIELDS[1:])
     limits = _limits(body)
     store = request.app[appkeys.STORE]
+    access.check_org(request, (await store.get_org(org_ref)).id)
     org = await store.update_org(org_ref, **limits)
     await store.add_audit(actor, "org.update", org.id, {k: v for k, v in limits.items() if v is not None})
     await announce_org(request, org.id, "org")
@@ -96,7 +100,7 @@ async def announce_key(bus: ChangeBus, key: ApiKey) -> None:
 
 
 async def create_key(request: web.Request) -> web.Response:
-    actor = require_admin(request)
+    actor = access.actor(request)
     body = await json_body(request)
     only_fields(body, KEY_FIELDS)
     org_ref = field(body, "org", str, required=True)
@@ -110,6 +114,7 @@ async def create_key(request: web.Request) -> web.Response:
         check_name(environment, "environment")
     store = request.app[appkeys.STORE]
     org = await store.get_org(org_ref)
+    access.check_org(request, org.id)
     secret, key_hash, prefix = generate_api_key()
     key = await store.create_api_key(
         org.id, name=name, key_hash=key_hash, prefix=prefix, **limits, allowed_models=models,
@@ -121,22 +126,23 @@ async def create_key(request: web.Request) -> web.Response:
 
 
 async def list_keys(request: web.Request) -> web.Response:
-    require_admin(request)
     store = request.app[appkeys.STORE]
-    org = query_str(request, "org")
-    org_id = (await store.get_org(org)).id if org else None
+    org_id = await access.list_filter(request, query_str(request, "org"))
     return reply([k.to_dict() for k in await store.list_api_keys(org_id)])
 
 
 async def get_key(request: web.Request) -> web.Response:
-    require_admin(request)
-    return reply((await request.app[appkeys.STORE].get_api_key(path(request, "key_id"))).to_dict())
+    key = await request.app[appkeys.STORE].get_api_key(path(request, "key_id"))
+    access.check_org(request, key.org_id)
+    return reply(key.to_dict())
 
 
 async def revoke_key(request: web.Request) -> web.Response:
-    actor = require_admin(request)
+    actor = access.actor(request)
     store = request.app[appkeys.STORE]
-    key = await store.revoke_api_key(path(request, "key_id"))
+    key_id = path(request, "key_id")
+    access.check_org(request, (await store.get_api_key(key_id)).org_id)
+    key = await store.revoke_api_key(key_id)
     await store.add_audit(actor, "key.revoke", key.id, {})
     await announce_key(request.app[appkeys.BUS], key)
     return reply(key.to_dict())

@@ -11,7 +11,8 @@ from urllib.parse import urlparse
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.admin.common import json_body, reply, require_admin
+from gateway.admin import access
+from gateway.admin.common import json_body, reply
 from gateway.admin.inputs import (
     MAX_URL,
     field,
@@ -74,7 +75,6 @@ def _env(request: web.Request, body: dict | None = None) -> str:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    require_admin(request)
     env = query_str(request, "env")
     entries = await request.app[appkeys.STORE].registry(env)
     return reply([{**e.model.to_dict(), "endpoints": [ep.to_dict() for ep in e.endpoints]} for e in entries])
@@ -82,7 +82,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def register(request: web.Request) -> web.Response:
     """Create the model in the environment if needed, then add an endpoint to it (if given)."""
-    actor = require_admin(request)
+    actor = access.actor(request)
     body = await json_body(request)
     only_fields(body, REGISTER_FIELDS)
     store = request.app[appkeys.STORE]
@@ -131,7 +131,6 @@ async def register(request: web.Request) -> web.Response:
 
 
 async def get_model(request: web.Request) -> web.Response:
-    require_admin(request)
     store = request.app[appkeys.STORE]
     env, name = path(request, "env"), path(request, "name")
     model = await store.get_model(name, env)
@@ -140,7 +139,7 @@ async def get_model(request: web.Request) -> web.Response:
 
 
 async def update_model(request: web.Request) -> web.Response:
-    actor = require_admin(request)
+    actor = access.actor(request)
     env, name = path(request, "env"), path(request, "name")
     body = await json_body(request)
     only_fields(body, MODEL_FIELDS)
@@ -157,7 +156,7 @@ async def update_model(request: web.Request) -> web.Response:
 
 
 async def delete_model(request: web.Request) -> web.Response:
-    actor = require_admin(request)
+    actor = access.actor(request)
     env, name = path(request, "env"), path(request, "name")
     store = request.app[appkeys.STORE]
     model = await store.get_model(name, env)
@@ -168,12 +167,11 @@ async def delete_model(request: web.Request) -> web.Response:
 
 
 async def list_endpoints(request: web.Request) -> web.Response:
-    require_admin(request)
     return reply([e.to_dict() for e in await request.app[appkeys.STORE].list_endpoints()])
 
 
 async def update_endpoint(request: web.Request) -> web.Response:
-    actor = require_admin(request)
+    actor = access.actor(request)
     endpoint_id = path(request, "endpoint_id")
     body = await json_body(request)
     only_fields(body, ENDPOINT_FIELDS)
@@ -196,7 +194,7 @@ async def update_endpoint(request: web.Request) -> web.Response:
 
 
 async def delete_endpoint(request: web.Request) -> web.Response:
-    actor = require_admin(request)
+    actor = access.actor(request)
     store = request.app[appkeys.STORE]
     endpoint = await store.get_endpoint(path(request, "endpoint_id"))
     model = await store.get_model_by_id(endpoint.model_id)

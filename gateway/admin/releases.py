@@ -11,7 +11,8 @@ from typing import Any
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.admin.common import json_body, reply, require_admin
+from gateway.admin import access
+from gateway.admin.common import json_body, reply
 from gateway.admin.inputs import MAX_LIST, MAX_URL, field, only_fields, path, query_str, text
 from gateway.admin.orgs import check_model_name, check_name
 from gateway.admin.registry import check_url
@@ -70,7 +71,6 @@ def _revision_number(request: web.Request) -> int:
 
 async def list_releases(request: web.Request) -> web.Response:
     """Releases in name order, filtered by ?model=, ?env= and ?deployer=."""
-    require_admin(request)
     model = query_str(request, "model")
     env = query_str(request, "env")
     deployer = query_str(request, "deployer")
@@ -82,7 +82,6 @@ async def list_releases(request: web.Request) -> web.Response:
 
 async def get_release(request: web.Request) -> web.Response:
     """One release (its latest revision flattened in) with its whole history, oldest first."""
-    require_admin(request)
     name = _release_name(request)
     store = request.app[appkeys.STORE]
     release = await store.get_release(name)
@@ -92,7 +91,7 @@ async def get_release(request: web.Request) -> web.Response:
 
 async def add_revision(request: web.Request) -> web.Response:
     """Record the release's next revision (creating the release with its first)."""
-    actor = require_admin(request)
+    actor = access.actor(request)
     name = _release_name(request)
     body = await json_body(request)
     only_fields(body, REVISION_FIELDS)
@@ -118,7 +117,7 @@ async def add_revision(request: web.Request) -> web.Response:
 
 async def update_revision(request: web.Request) -> web.Response:
     """Change a revision's status, runtime, endpoints or description (`deployed` supersedes the others)."""
-    actor = require_admin(request)
+    actor = access.actor(request)
     name = _release_name(request)
     number = _revision_number(request)
     body = await json_body(request)
@@ -140,7 +139,7 @@ async def update_revision(request: web.Request) -> web.Response:
 
 async def delete_release(request: web.Request) -> web.Response:
     """Forget the release and its history (as `helm uninstall`)."""
-    actor = require_admin(request)
+    actor = access.actor(request)
     name = _release_name(request)
     store = request.app[appkeys.STORE]
     await store.delete_release(name)

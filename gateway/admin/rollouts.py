@@ -12,7 +12,8 @@ from typing import Any
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.admin.common import json_body, reply, require_admin
+from gateway.admin import access
+from gateway.admin.common import json_body, reply
 from gateway.admin.events import publish_live
 from gateway.admin.inputs import field, only_fields, path, query_int, query_str
 from gateway.admin.orgs import check_model_name, check_name
@@ -90,7 +91,7 @@ def step_event(rollout: Rollout, event: RolloutEvent) -> dict[str, Any]:
 
 async def create_rollout(request: web.Request) -> web.Response:
     """Start a rollout; 409 `rollout_in_progress` while another of the model+environment is active."""
-    actor = require_admin(request)
+    actor = access.actor(request)
     body = await json_body(request)
     only_fields(body, CREATE_FIELDS)
     model = check_model_name(field(body, "model", str, required=True), "model")
@@ -111,7 +112,6 @@ async def create_rollout(request: web.Request) -> web.Response:
 
 async def list_rollouts(request: web.Request) -> web.Response:
     """Rollouts newest first: ?model=, ?env=, ?active=true|false, ?limit= (default 50)."""
-    require_admin(request)
     rollouts = await request.app[appkeys.STORE].list_rollouts(
         model=query_str(request, "model"), environment=query_str(request, "env"),
         active=_query_bool(request, "active"), limit=query_int(request, "limit", 50, maximum=MAX_ROLLOUT_PAGE))
@@ -120,7 +120,6 @@ async def list_rollouts(request: web.Request) -> web.Response:
 
 async def get_rollout(request: web.Request) -> web.Response:
     """One rollout with its events, oldest first."""
-    require_admin(request)
     store = request.app[appkeys.STORE]
     rollout = await store.get_rollout(path(request, "rollout_id"))
     events = await store.list_rollout_events(rollout.id)
@@ -129,7 +128,7 @@ async def get_rollout(request: web.Request) -> web.Response:
 
 async def update_rollout(request: web.Request) -> web.Response:
     """Advance a rollout (compare-and-set on `expected_version_no`: 409 `rollout_changed` if another wrote)."""
-    actor = require_admin(request)
+    actor = access.actor(request)
     rollout_id = path(request, "rollout_id")
     body = await json_body(request)
     only_fields(body, UPDATE_FIELDS)
@@ -158,7 +157,6 @@ async def update_rollout(request: web.Request) -> web.Response:
 
 async def add_event(request: web.Request) -> web.Response:
     """Append a step event to the rollout's timeline; it also goes out live."""
-    require_admin(request)
     rollout_id = path(request, "rollout_id")
     body = await json_body(request)
     only_fields(body, EVENT_FIELDS)

@@ -1,7 +1,7 @@
 """Admin API: canned usage reports from the lake (`/admin/v1/usage/{spend,latency,errors}`).
 
-An admin token sees every org (optionally filtered with `org`); an API key sees only its
-own org's rows, whatever it asks for, and never pod URLs (`by=endpoint` is admin-only).
+A global principal sees every org (optionally filtered with `org`); an org user or an API key
+sees only its own org's rows, whatever it asks for, and never pod URLs (`by=endpoint` is global-only).
 DuckDB runs in a worker thread, off the event loop.
 """
 
@@ -17,7 +17,8 @@ from aiohttp import web
 from analytics_lake.errors import LakeError, LakeInputError
 from analytics_lake.report_args import ReportArgumentError, by_names, check_range, parse_since, parse_until
 from gateway import appkeys
-from gateway.admin.common import reply, require_admin
+from gateway.admin import access
+from gateway.admin.common import reply
 from gateway.admin.inputs import query_str
 from gateway.errors import FleetgateError, InvalidRequest, NotFound, PermissionDenied
 from gateway.usage import lake_config
@@ -44,22 +45,12 @@ def _run_report(settings, kind: str, by: list[str], since: datetime | None, unti
     return [{k: _jsonable(v) for k, v in row.items()} for row in table.to_pylist()]
 
 
-async def _scope(request: web.Request) -> str | None:
-    """None for the admin (all orgs), else the org id of the API key presented."""
-    header = request.headers.get("Authorization", "")
-    if header.partition(" ")[2].strip().startswith("sk-"):
-        info = await request.app[appkeys.AUTH].authenticate(header)
-        return info.org.id
-    require_admin(request)
-    return None
-
-
 async def report(request: web.Request) -> web.Response:
     """A usage report: spend, latency or errors, grouped with ?by=, from ?since= to ?until= (exclusive), for ?org=."""
     kind = request.match_info["kind"]
     if kind not in REPORTS:
         raise NotFound(f"unknown report {kind!r}: expected one of {', '.join(REPORTS)}")
-    scoped_org = await _scope(request)
+    scoped_org = access.org_scope(request)  # an API key or org user sees only its org
     default_by = {"spend": "org", "latency": "model", "errors": "model"}[kind]
     org = query_str(request, "org")
     try:
@@ -74,9 +65,9 @@ async def report(request: web.Request) -> web.Response:
     if scoped_org is not None:
         hidden = ADMIN_ONLY_DIMENSIONS.intersection(by)
         if hidden:
-            raise PermissionDenied(f"Grouping by {', '.join(sorted(hidden))} needs the admin token.",
+            raise PermissionDenied(f"Grouping by {', '.join(sorted(hidden))} needs a global principal.",
                                    code="admin_only", param="by")
-        org = scoped_org  # a key only ever sees its own org
+        org = scoped_org  # whatever it asks for
     elif org:
         org = (await request.app[appkeys.STORE].get_org(org)).id
     try:
@@ -92,7 +83,6 @@ async def report(request: web.Request) -> web.Response:
 
 async def flush(request: web.Request) -> web.Response:
     """Write this process's spooled usage events to the lake now."""
-    require_admin(request)
     sink = request.app[appkeys.DATAPLANE].sink
     if sink is None:
         return reply({"flushed": False, "reason": "usage_sink is none"})

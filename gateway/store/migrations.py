@@ -185,6 +185,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX rollout_events_rollout ON rollout_events (rollout_id, id)",
         ),
     ),
+    # Issue 12 — each block is filled by its owner (statements go in the tuple):
+    Migration(4, "users, service accounts, personal admin tokens, OAuth2 signing keys", ()),
+    Migration(5, "api keys: signed requests (require_signature, signing key)", ()),
+    Migration(6, "audit log: actor type and id, org, request id, source ip, before/after", ()),
+    Migration(7, "declarative configuration: ownership of applied objects", ()),
 )
 
 _CREATE_VERSIONS = """CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -43,6 +43,8 @@ from gateway.store.rows import (
     model_from_row,
     org_from_row,
 )
+from gateway.store.sql_config import ConfigStore
+from gateway.store.sql_identity import IdentityStore
 from gateway.store.sql_rollouts import ReleaseRolloutStore
 
 MAX_AUDIT_PAGE = 10_000
@@ -78,10 +80,11 @@ def _model_changes(changes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class SqlStore(ReleaseRolloutStore):
+class SqlStore(ReleaseRolloutStore, IdentityStore, ConfigStore):
     """`Store` over a `Database` adapter; construct with `gateway.store.open_store(url)`.
 
-    Releases and rollouts live in the `ReleaseRolloutStore` mixin (gateway/store/sql_rollouts.py).
+    Releases and rollouts live in the `ReleaseRolloutStore` mixin (gateway/store/sql_rollouts.py), users,
+    service accounts and tokens in `IdentityStore` (sql_identity.py), config ownership in `ConfigStore` (sql_config.py).
     """
 
     def __init__(self, db: Database, *, clock: Callable[[], datetime] = utc_now) -> None:
