@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -19,6 +20,7 @@ from gateway.errors import ConfigError
 ENV_PREFIX = "FLEETGATE_"
 DEFAULT_CONFIG_FILE = "fleetgate.toml"
 
+_STREAM_NAME = re.compile(r"[A-Za-z0-9._:-]{0,64}", re.ASCII)
 _CHOICES: dict[str, tuple[str, ...]] = {
     "usage_sink": ("spool", "redis-stream", "none"),
     "limits_outage_policy": ("local", "fail-closed", "fail-open"),
@@ -81,6 +83,16 @@ class Settings:
     keepalive_timeout_s: float = 75.0  # idle keep-alive connections are closed after this
     max_connections: int = 4096  # open client connections per worker; more are refused
     auth_negative_ttl_s: float = 5.0  # how long an unknown API key is remembered as unknown
+    # OAuth2 access tokens (POST /oauth2/token) and personal admin tokens; see docs/access-control.md.
+    oauth_issuer: str = "fleetgate"  # the `iss` claim this gateway signs and requires
+    oauth_audience: str = "fleetgate-admin"  # the `aud` claim; gateways with another audience refuse the tokens
+    oauth_token_ttl_s: int = 900  # lifetime of an access token (1 s to 1 day)
+    oauth_leeway_s: float = 30.0  # clock skew allowed on exp/nbf between replicas (0-30 s)
+    personal_token_max_days: int = 365  # longest lifetime of a personal admin token (1-3650 days)
+    # With Redis: every audit entry is also added to the stream <redis_prefix>:<audit_stream> ("" = off),
+    # trimmed to about audit_stream_maxlen entries; see docs/audit.md.
+    audit_stream: str = "audit"
+    audit_stream_maxlen: int = 100_000
 
     def __post_init__(self) -> None:
         for name, allowed in _CHOICES.items():
@@ -106,6 +118,8 @@ class Settings:
         if not 0 <= self.upstream_token_timeout_ms < float("inf") or not 0 <= self.auth_negative_ttl_s < 3600:
             raise ConfigError("setting upstream_token_timeout_ms/auth_negative_ttl_s is invalid: "
                               "expected a non-negative number (auth_negative_ttl_s below 3600)")
+        self._check_oauth()
+        self._check_audit_stream()
         if self.spool_fsync_ms < 0 or self.redis_timeout_ms < 1:
             raise ConfigError("setting spool_fsync_ms/redis_timeout_ms is invalid: expected a non-negative number")
         if not self.database_url:
@@ -122,6 +136,31 @@ class Settings:
             raise ConfigError(f"setting gateway_url={self.gateway_url!r} is invalid: expected http(s)://HOST:PORT")
         if self.redis_url is not None and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(f"setting redis_url={self.redis_url!r} is invalid: expected redis://HOST:PORT/DB")
+
+    def _check_oauth(self) -> None:
+        for name in ("oauth_issuer", "oauth_audience"):
+            value = getattr(self, name)
+            if not value or value != value.strip() or len(value) > 200:
+                raise ConfigError(f"setting {name}={value!r} is invalid: expected a non-empty string of at most "
+                                  "200 characters without surrounding spaces")
+        for name, low, high in (("oauth_token_ttl_s", 1, 86400), ("oauth_leeway_s", 0, 30),
+                                ("personal_token_max_days", 1, 3650)):
+            value = getattr(self, name)
+            if not low <= value <= high:  # also refuses NaN
+                raise ConfigError(f"setting {name}={value!r} is invalid: expected {low} to {high}")
+
+    def _check_audit_stream(self) -> None:
+        if not _STREAM_NAME.fullmatch(self.audit_stream):
+            raise ConfigError(f"setting audit_stream={self.audit_stream!r} is invalid: expected up to 64 letters, "
+                              "digits, '.', '_', ':' or '-' (empty: no stream)")
+        if not 1 <= self.audit_stream_maxlen <= 100_000_000:
+            raise ConfigError(f"setting audit_stream_maxlen={self.audit_stream_maxlen!r} is invalid: "
+                              "expected 1 to 100000000")
+
+    @property
+    def audit_stream_key(self) -> str | None:
+        """The Redis stream audit entries are mirrored to; None without Redis or with audit_stream = ""."""
+        return f"{self.redis_prefix}:{self.audit_stream}" if self.redis_url and self.audit_stream else None
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -12,17 +12,24 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from gateway.store.models import (
+    AdminToken,
     ApiKey,
     AuditEntry,
+    AuditFilter,
     Budget,
     Endpoint,
     Model,
     Organization,
+    OwnedObject,
+    OwnershipChange,
     RegistryEntry,
     Release,
     ReleaseRevision,
     Rollout,
     RolloutEvent,
+    ServiceAccount,
+    SigningKey,
+    User,
 )
 
 
@@ -47,6 +54,8 @@ class Store(Protocol):
     async def get_org(self, id_or_name: str) -> Organization: ...
     async def list_orgs(self) -> list[Organization]: ...
     async def update_org(self, id_or_name: str, *, rpm_limit: int | None = None, tpm_limit: int | None = None) -> Organization: ...
+    async def delete_org(self, id_or_name: str) -> None:
+        """Conflict (org_not_empty) while it has active keys, active users or service accounts, or budgets."""
 
     # api keys (the caller hashes the secret; the store never sees it)
     async def create_api_key(
@@ -61,11 +70,16 @@ class Store(Protocol):
         allowed_models: Sequence[str] = (),
         environment: str | None = None,
         expires_at: datetime | None = None,
+        require_signature: bool = False,
+        signing_key: str | None = None,  # derived from the secret (gateway/auth/signing.py), never the secret
     ) -> ApiKey: ...
     async def get_api_key(self, key_id: str) -> ApiKey: ...
     async def find_api_key_by_hash(self, key_hash: str) -> ApiKey | None: ...
     async def list_api_keys(self, org_id: str | None = None) -> list[ApiKey]: ...
     async def revoke_api_key(self, key_id: str) -> ApiKey: ...
+    async def update_api_key(self, key_id: str, **changes: Any) -> ApiKey:
+        """Change name, rpm_limit, tpm_limit, allowed_models, environment, expires_at (None clears a nullable
+        one); Conflict (key_revoked) for a revoked key."""
 
     # registry: models
     async def create_model(
@@ -123,11 +137,40 @@ class Store(Protocol):
     ) -> Budget:
         """Create or replace the budget of (org, key)."""
     async def list_budgets(self, org_id: str | None = None) -> list[Budget]: ...
+    async def get_budget(self, budget_id: str) -> Budget: ...
     async def delete_budget(self, budget_id: str) -> None: ...
 
-    # audit
-    async def add_audit(self, actor: str, action: str, target: str, detail: dict[str, Any] | None = None) -> None: ...
-    async def list_audit(self, *, limit: int = 100) -> list[AuditEntry]: ...
+    # audit (append-only: entries are never changed or deleted)
+    async def add_audit(
+        self,
+        actor: str,
+        action: str,
+        target: str,
+        detail: dict[str, Any] | None = None,
+        *,
+        actor_type: str | None = None,
+        actor_id: str | None = None,
+        org_id: str | None = None,
+        request_id: str | None = None,
+        source_ip: str | None = None,
+        source: str | None = None,
+        before: dict[str, Any] | None = None,
+        after: dict[str, Any] | None = None,
+    ) -> AuditEntry:
+        """Append one entry and return it (with its id and time)."""
+    async def list_audit(
+        self,
+        filters: AuditFilter | None = None,
+        *,
+        limit: int = 100,
+        before_id: int | None = None,
+        after_id: int | None = None,
+        oldest_first: bool = False,
+    ) -> list[AuditEntry]:
+        """Up to `limit` matching entries with before_id > id > after_id, newest first (or oldest first).
+
+        Ids only grow, so `before_id` = the last id of a newest-first page (`after_id` of an oldest-first
+        one) reads the next page without skipping or repeating an entry, however many are added meanwhile."""
 
     # releases: one deployer release of a model in an environment, with a Helm-like revision history
     async def add_release_revision(
@@ -209,3 +252,52 @@ class Store(Protocol):
     ) -> RolloutEvent: ...
     async def list_rollout_events(self, rollout_id: str) -> list[RolloutEvent]:
         """Oldest first."""
+
+    # identity: users, service accounts, personal admin tokens, OAuth2 signing keys (callers hash the secrets).
+    # Users and service accounts are named by id or name; `org_id` by org id or name, None for a global one.
+    async def create_user(self, name: str, *, role: str, org_id: str | None = None,
+                          email: str | None = None) -> User:
+        """Conflict if the name is taken; NotFound for an unknown org."""
+    async def get_user(self, id_or_name: str) -> User: ...
+    async def list_users(self, org_id: str | None = None) -> list[User]:
+        """Users of one org, or every user (global ones included) when `org_id` is None."""
+    async def update_user(self, id_or_name: str, *, role: str | None = None, status: str | None = None,
+                          email: str | None = None) -> User:
+        """Change the given fields (None keeps; an empty email clears it)."""
+    async def create_service_account(self, name: str, *, role: str, client_id: str, secret_hash: str,
+                                     org_id: str | None = None) -> ServiceAccount:
+        """Conflict if the name or client id is taken; NotFound for an unknown org."""
+    async def get_service_account(self, id_or_name: str) -> ServiceAccount: ...
+    async def find_service_account_by_client_id(self, client_id: str) -> ServiceAccount | None: ...
+    async def list_service_accounts(self, org_id: str | None = None) -> list[ServiceAccount]: ...
+    async def update_service_account(self, id_or_name: str, *, role: str | None = None,
+                                     status: str | None = None) -> ServiceAccount: ...
+    async def set_service_account_secret(self, id_or_name: str, secret_hash: str) -> ServiceAccount:
+        """Replace the secret; access tokens issued before now are refused from now on (`secret_rotated_at`)."""
+    async def create_admin_token(self, user_id: str, *, name: str, token_hash: str, prefix: str,
+                                 expires_at: datetime) -> AdminToken: ...
+    async def get_admin_token(self, token_id: str) -> AdminToken: ...
+    async def find_admin_token_by_hash(self, token_hash: str) -> AdminToken | None:
+        """The token with this hash whatever its state (the caller decides), or None."""
+    async def list_admin_tokens(self, user_id: str) -> list[AdminToken]: ...
+    async def revoke_admin_token(self, token_id: str) -> AdminToken:
+        """Idempotent: a second revocation keeps the first time."""
+    async def touch_admin_token(self, token_id: str, used_at: datetime) -> None:
+        """Record when the token was last used."""
+    async def list_signing_keys(self) -> list[SigningKey]:
+        """Newest first, retired ones included."""
+    async def add_signing_key(self, kid: str, *, algorithm: str, private_pem: str,
+                              public_jwk: dict[str, Any]) -> SigningKey:
+        """The first key of `algorithm`; when another process added one first, that one is returned instead."""
+    async def rotate_signing_key(self, kid: str, *, algorithm: str, private_pem: str,
+                                 public_jwk: dict[str, Any]) -> SigningKey:
+        """Retire the current key of `algorithm` and make this one current, atomically."""
+
+    # declarative config: which objects an applied config (its `owner` label) owns, by id
+    async def list_owned(self, *, owner: str | None = None, kind: str | None = None) -> list[OwnedObject]:
+        """By owner, kind and name."""
+    async def replace_owned(
+        self, owner: str, objects: Sequence[tuple[str, str, str]], *, adopt: bool = False
+    ) -> OwnershipChange:
+        """Make the (kind, object_id, name) triples exactly what `owner` owns; objects another owner holds are
+        a Conflict (owned_by_another_config) naming them unless `adopt`."""

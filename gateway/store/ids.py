@@ -13,6 +13,10 @@ MODEL = "mdl"
 ENDPOINT = "ep"
 BUDGET = "bud"
 ROLLOUT = "ro"
+USER = "usr"
+SERVICE_ACCOUNT = "sa"
+ADMIN_TOKEN = "tok"  # a user's personal admin token
+SIGNING_KEY = "jwk"  # an OAuth2 signing key (its `kid`)
 
 
 def new_id(prefix: str) -> str:

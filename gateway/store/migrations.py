@@ -186,10 +186,106 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     # Issue 12 — each block is filled by its owner (statements go in the tuple):
-    Migration(4, "users, service accounts, personal admin tokens, OAuth2 signing keys", ()),
-    Migration(5, "api keys: signed requests (require_signature, signing key)", ()),
-    Migration(6, "audit log: actor type and id, org, request id, source ip, before/after", ()),
-    Migration(7, "declarative configuration: ownership of applied objects", ()),
+    Migration(
+        4,
+        "users, service accounts, personal admin tokens, OAuth2 signing keys",
+        (
+            # org_id NULL: a global user or service account (acts on every org).
+            """CREATE TABLE users (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                email TEXT,
+                org_id TEXT REFERENCES organizations (id) ON DELETE CASCADE,
+                role TEXT NOT NULL,
+                status TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL
+            )""",
+            "CREATE INDEX users_org_id ON users (org_id)",
+            """CREATE TABLE service_accounts (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                org_id TEXT REFERENCES organizations (id) ON DELETE CASCADE,
+                role TEXT NOT NULL,
+                status TEXT NOT NULL,
+                client_id TEXT NOT NULL UNIQUE,
+                secret_hash TEXT NOT NULL,
+                secret_rotated_at TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL
+            )""",
+            "CREATE INDEX service_accounts_org_id ON service_accounts (org_id)",
+            """CREATE TABLE admin_tokens (
+                id TEXT PRIMARY KEY,
+                user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+                name TEXT NOT NULL,
+                prefix TEXT NOT NULL,
+                token_hash TEXT NOT NULL UNIQUE,
+                expires_at TEXT NOT NULL,
+                revoked_at TEXT,
+                last_used_at TEXT,
+                created_at TEXT NOT NULL
+            )""",
+            "CREATE INDEX admin_tokens_user_id ON admin_tokens (user_id)",
+            """CREATE TABLE signing_keys (
+                kid TEXT PRIMARY KEY,
+                algorithm TEXT NOT NULL,
+                private_pem TEXT NOT NULL,
+                public_jwk TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                retired_at TEXT
+            )""",
+            # At most one current (unretired) key per algorithm, however many replicas create the first at once.
+            "CREATE UNIQUE INDEX signing_keys_current ON signing_keys (algorithm) WHERE retired_at IS NULL",
+        ),
+    ),
+    Migration(
+        5,
+        "api keys: signed requests (require_signature, signing key)",
+        (
+            "ALTER TABLE api_keys ADD COLUMN require_signature BOOLEAN NOT NULL DEFAULT FALSE",
+            # HMAC key derived from the secret (gateway/auth/signing.py); NULL for bearer keys.
+            "ALTER TABLE api_keys ADD COLUMN signing_key TEXT",
+        ),
+    ),
+    Migration(
+        6,
+        "audit log: actor type and id, org, request id, source ip, before/after",
+        (
+            # Nullable: rows written before this version have none of these (their `detail` says what changed).
+            "ALTER TABLE audit_log ADD COLUMN actor_type TEXT",
+            "ALTER TABLE audit_log ADD COLUMN actor_id TEXT",
+            # No foreign key: an entry outlives the org it names.
+            "ALTER TABLE audit_log ADD COLUMN org_id TEXT",
+            "ALTER TABLE audit_log ADD COLUMN request_id TEXT",
+            "ALTER TABLE audit_log ADD COLUMN source_ip TEXT",
+            "ALTER TABLE audit_log ADD COLUMN source TEXT",
+            "ALTER TABLE audit_log ADD COLUMN before_json TEXT",
+            "ALTER TABLE audit_log ADD COLUMN after_json TEXT",
+            # Pages are read newest first by id, filtered by org (org principals), actor or target.
+            "CREATE INDEX audit_log_org ON audit_log (org_id, id)",
+            "CREATE INDEX audit_log_actor ON audit_log (actor, id)",
+            "CREATE INDEX audit_log_target ON audit_log (target, id)",
+            "CREATE INDEX audit_log_ts ON audit_log (ts)",
+        ),
+    ),
+    Migration(
+        7,
+        "declarative configuration: ownership of applied objects",
+        (
+            # Keyed by object id, never by name: an object made by hand that reuses a pruned object's
+            # name is not owned. No foreign key: the kinds live in different tables.
+            """CREATE TABLE config_ownership (
+                kind TEXT NOT NULL,
+                object_id TEXT NOT NULL,
+                name TEXT NOT NULL,
+                owner TEXT NOT NULL,
+                updated_at TEXT NOT NULL,
+                PRIMARY KEY (kind, object_id)
+            )""",
+            "CREATE INDEX config_ownership_owner ON config_ownership (owner, kind)",
+        ),
+    ),
 )
 
 _CREATE_VERSIONS = """CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -66,7 +66,11 @@ class Organization(Record):
 
 @dataclass(frozen=True, slots=True)
 class ApiKey(Record):
-    """An API key; the secret itself is never stored, only its SHA-256 (`key_hash`)."""
+    """An API key; the secret itself is never stored, only its SHA-256 (`key_hash`).
+
+    A key with `require_signature` refuses bearer use and signs its requests instead; `signing_key`
+    (derived from the secret, see gateway/auth/signing.py) is stored for those keys only.
+    """
 
     id: str
     org_id: str
@@ -80,10 +84,13 @@ class ApiKey(Record):
     environment: str | None  # None = the gateway's default environment
     expires_at: datetime | None
     created_at: datetime
+    require_signature: bool = False
+    signing_key: str | None = None  # hex HMAC key; never leaves the gateway
 
     def to_dict(self) -> dict[str, Any]:
         out = Record.to_dict(self)
         out.pop("key_hash")
+        out.pop("signing_key")
         return out
 
 
@@ -135,12 +142,37 @@ class Budget(Record):
 
 @dataclass(frozen=True, slots=True)
 class AuditEntry(Record):
+    """One control-plane change: who made it, on what, through which request, and the object before and after.
+
+    Entries written before schema version 6 have only id, ts, actor, action, target and detail.
+    """
+
     id: int
     ts: datetime
-    actor: str
-    action: str
-    target: str
-    detail: dict[str, Any] = field(default_factory=dict)
+    actor: str  # "user:alice", "service_account:ci", "bootstrap", "gateway" (the data plane itself)
+    action: str  # "key.create", "registry.update", ...
+    target: str  # the changed object's id (or name)
+    detail: dict[str, Any] = field(default_factory=dict)  # the fields the change set (old rows: free-form)
+    actor_type: str | None = None  # bootstrap | user | service_account | api_key | gateway
+    actor_id: str | None = None
+    org_id: str | None = None  # the org the target belongs to (None: a fleet-wide object)
+    request_id: str | None = None
+    source_ip: str | None = None
+    source: str | None = None  # X-Fleetgate-Change-Source, e.g. "git:https://host/repo#main@<sha>"
+    before: dict[str, Any] | None = None  # None: the change created the object
+    after: dict[str, Any] | None = None  # None: the change removed it
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """Which audit entries a list or an export returns; None matches anything."""
+
+    actor: str | None = None
+    action: str | None = None  # exact, or a prefix ending in "*" ("key.*")
+    target: str | None = None
+    org_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None  # exclusive
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,3 +260,118 @@ class RegistryEntry:
 
     model: Model
     endpoints: tuple[Endpoint, ...]
+
+
+# identity (issue 12): users, service accounts, personal admin tokens, OAuth2 signing keys
+PRINCIPAL_STATUSES = ("active", "disabled")
+
+
+@dataclass(frozen=True, slots=True)
+class User(Record):
+    """A person with a role; `org_id` None makes the user global (acts on every org)."""
+
+    id: str
+    name: str
+    email: str | None
+    org_id: str | None
+    role: str  # one of gateway.auth.principal.ROLES
+    status: str  # one of PRINCIPAL_STATUSES
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceAccount(Record):
+    """An OAuth2 client (client-credentials grant) for CI and automation; only the secret's SHA-256 is stored.
+
+    Access tokens issued before `secret_rotated_at` are refused: rotating the secret ends them too.
+    """
+
+    id: str
+    name: str
+    org_id: str | None
+    role: str
+    status: str
+    client_id: str
+    secret_hash: str
+    secret_rotated_at: datetime
+    created_at: datetime
+    updated_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        out = Record.to_dict(self)
+        out.pop("secret_hash")
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class AdminToken(Record):
+    """A user's personal admin token; only its SHA-256 is stored. Revoked tokens stay listed for audit."""
+
+    id: str
+    user_id: str
+    name: str
+    prefix: str  # first characters of the secret, for display ("fgp_3f9a…")
+    token_hash: str
+    expires_at: datetime
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+    created_at: datetime
+
+    def status(self, now: datetime) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        return "expired" if now >= self.expires_at else "active"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = Record.to_dict(self)
+        out.pop("token_hash")
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey(Record):
+    """A key that signs OAuth2 access tokens; the newest unretired one signs, retired ones still verify
+    the tokens they signed until those have expired."""
+
+    kid: str
+    algorithm: str
+    private_pem: str
+    public_jwk: dict[str, Any]
+    created_at: datetime
+    retired_at: datetime | None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = Record.to_dict(self)
+        out.pop("private_pem")
+        return out
+
+
+# declarative configuration (issue 12): which applied config owns which object
+CONFIG_KINDS = ("org", "user", "service_account", "api_key", "budget", "model", "endpoint")
+
+
+@dataclass(frozen=True, slots=True)
+class OwnedObject(Record):
+    """An object an applied config owns, by id: `opsctl apply --prune` may remove it, and nothing else."""
+
+    kind: str  # one of CONFIG_KINDS
+    object_id: str
+    name: str  # how the config names it ("acme/web" for a key), for plans and messages
+    owner: str  # the config's ownership label
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OwnershipChange:
+    """What replacing an owner's set did: the set afterwards, and how it differs from before."""
+
+    objects: tuple[OwnedObject, ...]
+    added: tuple[OwnedObject, ...]  # newly owned, adopted ones included
+    renamed: tuple[OwnedObject, ...]  # still owned, under a new name
+    removed: tuple[OwnedObject, ...]  # no longer owned (the objects themselves are untouched)
+    adopted: tuple[OwnedObject, ...]  # taken over, as their previous owners held them
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.renamed or self.removed)

@@ -13,16 +13,21 @@ import orjson
 
 from gateway.store.db import Row
 from gateway.store.models import (
+    AdminToken,
     ApiKey,
     AuditEntry,
     Budget,
     Endpoint,
     Model,
     Organization,
+    OwnedObject,
     Release,
     ReleaseRevision,
     Rollout,
     RolloutEvent,
+    ServiceAccount,
+    SigningKey,
+    User,
 )
 
 
@@ -70,6 +75,8 @@ def key_from_row(row: Row) -> ApiKey:
         environment=row["environment"],
         expires_at=decode_optional_time(row["expires_at"]),
         created_at=decode_time(row["created_at"]),
+        require_signature=bool(row["require_signature"]),  # SQLite answers 0/1, PostgreSQL a boolean
+        signing_key=row["signing_key"],
     )
 
 
@@ -126,7 +133,19 @@ def audit_from_row(row: Row) -> AuditEntry:
         action=row["action"],
         target=row["target"],
         detail=decode_json(row["detail"]),
+        actor_type=row["actor_type"],
+        actor_id=row["actor_id"],
+        org_id=row["org_id"],
+        request_id=row["request_id"],
+        source_ip=row["source_ip"],
+        source=row["source"],
+        before=_optional_json(row["before_json"]),
+        after=_optional_json(row["after_json"]),
     )
+
+
+def _optional_json(text: str | None) -> Any:
+    return None if text is None else decode_json(text)
 
 
 def revision_from_row(row: Row) -> ReleaseRevision:
@@ -196,4 +215,67 @@ def rollout_event_from_row(row: Row) -> RolloutEvent:
         phase=row["phase"],
         message=row["message"],
         data=decode_json(row["data"]),
+    )
+
+
+def user_from_row(row: Row) -> User:
+    return User(
+        id=row["id"],
+        name=row["name"],
+        email=row["email"],
+        org_id=row["org_id"],
+        role=row["role"],
+        status=row["status"],
+        created_at=decode_time(row["created_at"]),
+        updated_at=decode_time(row["updated_at"]),
+    )
+
+
+def service_account_from_row(row: Row) -> ServiceAccount:
+    return ServiceAccount(
+        id=row["id"],
+        name=row["name"],
+        org_id=row["org_id"],
+        role=row["role"],
+        status=row["status"],
+        client_id=row["client_id"],
+        secret_hash=row["secret_hash"],
+        secret_rotated_at=decode_time(row["secret_rotated_at"]),
+        created_at=decode_time(row["created_at"]),
+        updated_at=decode_time(row["updated_at"]),
+    )
+
+
+def admin_token_from_row(row: Row) -> AdminToken:
+    return AdminToken(
+        id=row["id"],
+        user_id=row["user_id"],
+        name=row["name"],
+        prefix=row["prefix"],
+        token_hash=row["token_hash"],
+        expires_at=decode_time(row["expires_at"]),
+        revoked_at=decode_optional_time(row["revoked_at"]),
+        last_used_at=decode_optional_time(row["last_used_at"]),
+        created_at=decode_time(row["created_at"]),
+    )
+
+
+def signing_key_from_row(row: Row) -> SigningKey:
+    return SigningKey(
+        kid=row["kid"],
+        algorithm=row["algorithm"],
+        private_pem=row["private_pem"],
+        public_jwk=decode_json(row["public_jwk"]),
+        created_at=decode_time(row["created_at"]),
+        retired_at=decode_optional_time(row["retired_at"]),
+    )
+
+
+def owned_from_row(row: Row) -> OwnedObject:
+    return OwnedObject(
+        kind=row["kind"],
+        object_id=row["object_id"],
+        name=row["name"],
+        owner=row["owner"],
+        updated_at=decode_time(row["updated_at"]),
     )

@@ -26,7 +26,6 @@ from gateway.store.models import (
     ENDPOINT_STATUSES,
     MODEL_STATUSES,
     ApiKey,
-    AuditEntry,
     Budget,
     Endpoint,
     Model,
@@ -34,7 +33,6 @@ from gateway.store.models import (
     RegistryEntry,
 )
 from gateway.store.rows import (
-    audit_from_row,
     budget_from_row,
     encode_json,
     encode_time,
@@ -43,12 +41,21 @@ from gateway.store.rows import (
     model_from_row,
     org_from_row,
 )
+from gateway.store.sql_audit import AuditStore
 from gateway.store.sql_config import ConfigStore
 from gateway.store.sql_identity import IdentityStore
 from gateway.store.sql_rollouts import ReleaseRolloutStore
 
-MAX_AUDIT_PAGE = 10_000
 _BUMP_REGISTRY = "UPDATE registry_state SET revision = revision + 1 WHERE id = 1"
+# What keeps an org from being deleted (column → how the refusal names it); one parameter per count.
+_ORG_CONTENT_NAMES = {"keys": "active API key(s)", "users": "active user(s)",
+                      "service_accounts": "active service account(s)", "budgets": "budget(s)"}
+_ORG_CONTENTS = (
+    "SELECT (SELECT COUNT(*) FROM api_keys WHERE org_id = ? AND status = 'active') AS keys,"
+    " (SELECT COUNT(*) FROM users WHERE org_id = ? AND status = 'active') AS users,"
+    " (SELECT COUNT(*) FROM service_accounts WHERE org_id = ? AND status = 'active') AS service_accounts,"
+    " (SELECT COUNT(*) FROM budgets WHERE org_id = ?) AS budgets"
+)
 
 
 def utc_now() -> datetime:
@@ -80,11 +87,35 @@ def _model_changes(changes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class SqlStore(ReleaseRolloutStore, IdentityStore, ConfigStore):
+def _key_changes(changes: dict[str, Any]) -> dict[str, Any]:
+    """Validate `update_api_key` keyword changes into column → stored value (None clears a nullable one)."""
+    out: dict[str, Any] = {}
+    for field, value in changes.items():
+        if field == "name":
+            out[field] = check.name(field, value, allow_empty=True)
+        elif field in ("rpm_limit", "tpm_limit"):
+            out[field] = check.optional_integer(field, value)
+        elif field == "allowed_models":
+            out[field] = encode_json(list(check.strings(field, value)))
+        elif field == "environment":
+            out[field] = None if value is None else check.name(field, value)
+        elif field == "expires_at":
+            out[field] = None if value is None else encode_time(check.aware_time(field, value))
+        else:
+            raise InvalidRequest(
+                f"{field} cannot be changed: expected name, rpm_limit, tpm_limit, allowed_models, environment "
+                "or expires_at",
+                param=field,
+            )
+    return out
+
+
+class SqlStore(ReleaseRolloutStore, IdentityStore, ConfigStore, AuditStore):
     """`Store` over a `Database` adapter; construct with `gateway.store.open_store(url)`.
 
     Releases and rollouts live in the `ReleaseRolloutStore` mixin (gateway/store/sql_rollouts.py), users,
-    service accounts and tokens in `IdentityStore` (sql_identity.py), config ownership in `ConfigStore` (sql_config.py).
+    service accounts and tokens in `IdentityStore` (sql_identity.py), config ownership in `ConfigStore` (sql_config.py),
+    the audit log in `AuditStore` (sql_audit.py).
     """
 
     def __init__(self, db: Database, *, clock: Callable[[], datetime] = utc_now) -> None:
@@ -169,6 +200,27 @@ class SqlStore(ReleaseRolloutStore, IdentityStore, ConfigStore):
                 ) or row
         return org_from_row(row)
 
+    async def delete_org(self, id_or_name: str) -> None:
+        """Delete an org that holds nothing live; its revoked keys and disabled users/service accounts go with it.
+
+        Conflict (code org_not_empty, naming how many of each) while it has active API keys, active users
+        or service accounts, or budgets.
+        """
+        async with self._db.transaction() as tx:
+            org = await self._org_row(tx, id_or_name)
+            if self._db.dialect == "postgresql":
+                # Blocks a concurrent key/user insert (its foreign-key check) until we are done, so a key
+                # created meanwhile is either counted below or refused: never deleted unseen by the cascade.
+                # SQLite's write transaction is already exclusive.
+                await tx.fetchone("SELECT id FROM organizations WHERE id = ? FOR UPDATE", (org["id"],))
+            counts = await tx.fetchone(_ORG_CONTENTS, (org["id"],) * len(_ORG_CONTENT_NAMES))
+            live = [f"{counts[column]} {label}" for column, label in _ORG_CONTENT_NAMES.items()
+                    if counts and counts[column]]
+            if live:
+                raise Conflict(f"organization {org['name']!r} still has {', '.join(live)}: revoke, disable or "
+                               "delete them first", code="org_not_empty", param="org")
+            await tx.execute("DELETE FROM organizations WHERE id = ?", (org["id"],))
+
     # api keys -------------------------------------------------------------------------
 
     async def create_api_key(
@@ -183,8 +235,13 @@ class SqlStore(ReleaseRolloutStore, IdentityStore, ConfigStore):
         allowed_models: Sequence[str] = (),
         environment: str | None = None,
         expires_at: datetime | None = None,
+        require_signature: bool = False,
+        signing_key: str | None = None,
     ) -> ApiKey:
-        """Store a key of an org (given by id or name); Conflict if the hash is already stored."""
+        """Store a key of an org (given by id or name); Conflict if the hash is already stored.
+
+        A key that requires signed requests comes with its signing key (64 hex); no other key has one.
+        """
         name = check.name("name", name, allow_empty=True)
         key_hash = check.name("key_hash", key_hash)
         prefix = check.name("prefix", prefix, allow_empty=True)
@@ -193,20 +250,27 @@ class SqlStore(ReleaseRolloutStore, IdentityStore, ConfigStore):
         models = check.strings("allowed_models", allowed_models)
         environment = None if environment is None else check.name("environment", environment)
         expires = None if expires_at is None else check.aware_time("expires_at", expires_at)
+        if require_signature is not (signing_key is not None) or (
+                signing_key is not None and (len(signing_key) != 64 or signing_key.strip("0123456789abcdef"))):
+            raise InvalidRequest("signing_key must be 64 lowercase hex characters, given exactly when "
+                                 "require_signature is true", param="signing_key")
         async with self._db.transaction() as tx:
             org = await self._org_row(tx, org_id)
             key = ApiKey(
                 id=ids.new_id(ids.KEY), org_id=org["id"], name=name, prefix=prefix, key_hash=key_hash,
                 status="active", rpm_limit=rpm, tpm_limit=tpm, allowed_models=models, environment=environment,
                 expires_at=None if expires is None else expires.astimezone(UTC), created_at=self._now(),
+                require_signature=require_signature, signing_key=signing_key,
             )
             try:
                 await tx.execute(
                     "INSERT INTO api_keys (id, org_id, name, prefix, key_hash, status, rpm_limit, tpm_limit,"
-                    " allowed_models, environment, expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " allowed_models, environment, expires_at, created_at, require_signature, signing_key)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (key.id, key.org_id, key.name, key.prefix, key.key_hash, key.status, key.rpm_limit,
                      key.tpm_limit, encode_json(list(models)), key.environment,
-                     None if key.expires_at is None else encode_time(key.expires_at), encode_time(key.created_at)),
+                     None if key.expires_at is None else encode_time(key.expires_at), encode_time(key.created_at),
+                     key.require_signature, key.signing_key),
                 )
             except UniqueViolation as e:
                 raise Conflict("an API key with this hash already exists", param="key_hash") from e
@@ -239,6 +303,27 @@ class SqlStore(ReleaseRolloutStore, IdentityStore, ConfigStore):
         row = await self._db.fetchone("UPDATE api_keys SET status = 'revoked' WHERE id = ? RETURNING *", (key_id,))
         if row is None:
             raise NotFound(f"API key {key_id!r} not found", param="key_id")
+        return key_from_row(row)
+
+    async def update_api_key(self, key_id: str, **changes: Any) -> ApiKey:
+        """Change any of name, rpm_limit, tpm_limit, allowed_models, environment, expires_at.
+
+        Given fields change (None clears a limit, the environment or the expiry; `allowed_models=()`
+        allows every model). A revoked key is final: Conflict (code key_revoked).
+        """
+        columns = _key_changes(changes)
+        if not columns:
+            return await self.get_api_key(key_id)
+        assignments = ", ".join(f"{column} = ?" for column in columns)
+        # One statement: a revocation racing this update wins, never half of each.
+        row = await self._db.fetchone(
+            f"UPDATE api_keys SET {assignments} WHERE id = ? AND status = 'active' RETURNING *",
+            (*columns.values(), key_id),
+        )
+        if row is None:
+            key = await self.get_api_key(key_id)
+            raise Conflict(f"API key {key.id!r} is {key.status}: it can no longer be changed", code="key_revoked",
+                           param="key_id")
         return key_from_row(row)
 
     # registry: models -----------------------------------------------------------------
@@ -519,21 +604,12 @@ class SqlStore(ReleaseRolloutStore, IdentityStore, ConfigStore):
             rows = await self._db.fetchall(f"SELECT * FROM budgets WHERE org_id = ? {order}", (org["id"],))
         return [budget_from_row(r) for r in rows]
 
+    async def get_budget(self, budget_id: str) -> Budget:
+        row = await self._db.fetchone("SELECT * FROM budgets WHERE id = ?", (budget_id,))
+        if row is None:
+            raise NotFound(f"budget {budget_id!r} not found", param="budget_id")
+        return budget_from_row(row)
+
     async def delete_budget(self, budget_id: str) -> None:
         if not await self._db.execute("DELETE FROM budgets WHERE id = ?", (budget_id,)):
             raise NotFound(f"budget {budget_id!r} not found", param="budget_id")
-
-    # audit ----------------------------------------------------------------------------
-
-    async def add_audit(self, actor: str, action: str, target: str, detail: dict[str, Any] | None = None) -> None:
-        await self._db.execute(
-            "INSERT INTO audit_log (ts, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
-            (encode_time(self._now()), check.name("actor", actor), check.name("action", action),
-             check.name("target", target, allow_empty=True), encode_json(check.json_object("detail", detail or {}))),
-        )
-
-    async def list_audit(self, *, limit: int = 100) -> list[AuditEntry]:
-        """The newest `limit` entries, newest first."""
-        limit = check.integer("limit", limit, minimum=1, maximum=MAX_AUDIT_PAGE)
-        rows = await self._db.fetchall("SELECT * FROM audit_log ORDER BY id DESC LIMIT ?", (limit,))
-        return [audit_from_row(r) for r in rows]
