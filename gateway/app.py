@@ -24,6 +24,7 @@ from gateway import appkeys
 from gateway.admin.access import access_middleware
 from gateway.auth.admin_auth import AdminAuthenticator
 from gateway.auth.authenticator import Authenticator
+from gateway.auth.signing import RedisNonces
 from gateway.events import EventHub
 from gateway.http.middleware import edge_middleware
 from gateway.limits import LocalLimiter, RedisLimiter
@@ -194,19 +195,22 @@ def create_app(
             metrics = app[appkeys.METRICS]
             registry = Registry(the_store, redis=redis, keys=keys, ttl_s=settings.registry_ttl_s, metrics=metrics)
             app[appkeys.REGISTRY] = registry
-            auth = Authenticator(the_store, redis=redis, keys=keys, redis_ttl_s=settings.registry_ttl_s,
-                                 negative_ttl_s=settings.auth_negative_ttl_s)
-            app[appkeys.AUTH] = auth
-            app[appkeys.ADMIN_AUTH] = AdminAuthenticator(settings, the_store)
-            bus.subscribe(registry.on_change)
-            bus.subscribe(auth.on_change)
-            hub = app[appkeys.EVENTS]
-            bus.subscribe(hub.on_bus)
-            stack.callback(hub.close)  # also when start-up fails halfway (no shutdown signal then)
             fast = None
             if settings.redis_url:
                 fast = FastRedis.from_url(settings.redis_url, timeout_s=timeout, connect_timeout_s=timeout)
                 stack.push_async_callback(fast.aclose)
+            # Signed requests' nonces go through the lean client too: one round trip on the hot path.
+            auth = Authenticator(the_store, redis=redis, keys=keys, redis_ttl_s=settings.registry_ttl_s,
+                                 negative_ttl_s=settings.auth_negative_ttl_s,
+                                 nonces=RedisNonces(fast.execute, keys) if fast is not None else None)
+            app[appkeys.AUTH] = auth
+            app[appkeys.ADMIN_AUTH] = AdminAuthenticator(settings, the_store)
+            bus.subscribe(registry.on_change)
+            bus.subscribe(auth.on_change)
+            bus.subscribe(app[appkeys.ADMIN_AUTH].on_change)  # signing-key rotations
+            hub = app[appkeys.EVENTS]
+            bus.subscribe(hub.on_bus)
+            stack.callback(hub.close)  # also when start-up fails halfway (no shutdown signal then)
             usage_sink = sink if sink is not None else build_sink(settings, worker_id)
             if usage_sink is not None:
                 await usage_sink.start()

@@ -58,6 +58,13 @@ app.add_typer(identity.service_account_app, name="service-account")
 app.add_typer(audit.audit_app, name="audit")
 # Issue 12 registers here: identity.login_command ("login"), identity.whoami_command ("whoami"),
 # config.apply_command ("apply"), config.export_command ("export"), config.reconcile_command ("reconcile").
+app.command("login")(identity.login_command)
+app.command("logout")(identity.logout_command)
+app.command("whoami")(identity.whoami_command)
+app.add_typer(identity.oauth_app, name="oauth")
+app.command("apply")(config.apply_command)
+app.command("export")(config.export_command)
+app.command("reconcile")(config.reconcile_command)
 
 
 def main() -> None:

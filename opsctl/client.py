@@ -11,7 +11,7 @@ from __future__ import annotations
 import json as jsonlib
 from pathlib import Path
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote, urlencode, urlsplit
 
 from gateway.errors import FleetgateError
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from gateway.settings import Settings
 
 DEFAULT_GATEWAY_URL = "http://127.0.0.1:8080"
+DOWNLOAD_CHUNK_BYTES = 64 * 1024
 
 
 class GatewayUnreachable(FleetgateError):
@@ -30,9 +31,40 @@ class GatewayUnreachable(FleetgateError):
     code = "gateway_unreachable"
 
 
-def find_admin_token(settings: Settings, explicit: str | None = None) -> str | None:
-    """--admin-token, then FLEETGATE_ADMIN_TOKEN (in settings), then the one `opsctl up` saved."""
-    return explicit or settings.admin_token or read_value(Path(settings.state_dir) / ADMIN_TOKEN_FILE)
+def _error(status: int, reason: str, data: bytes) -> FleetgateError:
+    """The gateway's refusal as an error carrying its HTTP status and its message."""
+    try:
+        message = jsonlib.loads(data)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = data[:200].decode(errors="replace").strip() or f"{status} {reason}"
+    error = FleetgateError(message)
+    error.status = status
+    return error
+
+
+class LoginExpired(FleetgateError):
+    status = 401
+    code = "login_expired"
+
+
+def find_admin_token(settings: Settings, explicit: str | None = None, *, gateway_url: str | None = None) -> str | None:
+    """--admin-token, then FLEETGATE_ADMIN_TOKEN (in settings), then the token `opsctl login` stored for
+    this gateway (`gateway_url`, default: the one the settings name), then the one `opsctl up` saved.
+
+    Raises:
+        LoginExpired: the stored login has expired (a clear error, not a silent fall-back to another identity).
+    """
+    if explicit or settings.admin_token:
+        return explicit or settings.admin_token
+    from opsctl.credentials import stored_login
+
+    url = gateway_url or find_gateway_url(settings)[0]
+    login = stored_login(url)
+    if login is not None:
+        if login.expired():
+            raise LoginExpired(f"the login for {url} expired at {login.expires_at}: run opsctl login")
+        return login.token
+    return read_value(Path(settings.state_dir) / ADMIN_TOKEN_FILE)
 
 
 def find_gateway_url(settings: Settings, explicit: str | None = None) -> tuple[str, str]:
@@ -110,7 +142,8 @@ class AdminClient:
             self._conn = cls(self._host, self._port, timeout=self._timeout)
         return self._conn
 
-    def _send(self, method: str, target: str, body: bytes | None) -> tuple[int, str, bytes]:
+    def _send(self, method: str, target: str, body: bytes | None,
+              extra_headers: dict[str, str] | None = None) -> tuple[int, str, bytes]:
         import http.client
 
         # A keep-alive connection the server closed between two requests fails like this before
@@ -119,6 +152,7 @@ class AdminClient:
         headers = dict(self._headers)
         if body is not None:
             headers["Content-Type"] = "application/json"
+        headers.update(extra_headers or {})
         for attempt in (1, 2):
             reused = self._conn is not None and self._conn.sock is not None
             conn = self._connection()
@@ -144,6 +178,48 @@ class AdminClient:
         source = f"; {self._source}" if self._source else ""
         return GatewayUnreachable(f"cannot reach the gateway at {self.base_url} ({why}{source})")
 
+    def set_header(self, name: str, value: str) -> None:
+        """Send `name: value` with every later request (e.g. X-Fleetgate-Change-Source)."""
+        self._headers[name] = value
+
+    def download(self, path: str, params: dict[str, Any], sink: BinaryIO) -> int:
+        """Copy a streamed answer (an export) into `sink` as it arrives; return the bytes copied.
+
+        `request` reads a whole answer into memory; an export can be large, so this reads it in chunks.
+
+        Raises:
+            GatewayUnreachable: no connection, or the answer broke off part-way (exit 1).
+            FleetgateError: the gateway refused (`status` set: 4xx exit 2).
+        """
+        import http.client
+
+        query = urlencode({k: v for k, v in params.items() if v is not None})
+        conn = self._connection()
+        try:
+            try:
+                conn.request("GET", f"{self._prefix}{path}?{query}", headers=self._headers)
+                response = conn.getresponse()
+            except (OSError, http.client.HTTPException) as e:
+                raise self._unreachable(e) from e
+            if response.status >= 400:
+                raise _error(response.status, response.reason, response.read())
+            copied = 0
+            while chunk := self._read_chunk(response, copied):
+                sink.write(chunk)
+                copied += len(chunk)
+            return copied
+        finally:
+            self.close()  # a half-read answer leaves the connection unusable
+
+    def _read_chunk(self, response: Any, copied: int) -> bytes:
+        import http.client
+
+        try:
+            return response.read(DOWNLOAD_CHUNK_BYTES)
+        except (OSError, http.client.HTTPException) as e:
+            raise GatewayUnreachable(f"the download from {self.base_url} broke off after {copied} bytes "
+                                     f"({type(e).__name__}): run it again") from e
+
     def request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None) -> Any:
         """Send one request; return the decoded JSON answer.
 
@@ -156,19 +232,43 @@ class AdminClient:
         body = jsonlib.dumps(json).encode() if json is not None else None
         status, reason, data = self._send(method, target, body)
         if status >= 400:
-            try:
-                message = jsonlib.loads(data)["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                message = data[:200].decode(errors="replace").strip() or f"{status} {reason}"
-            error = FleetgateError(message)
-            error.status = status
-            raise error
+            raise _error(status, reason, data)
         try:
             return jsonlib.loads(data) if data else None
         except ValueError as e:
             error = FleetgateError(f"the gateway at {self.base_url} answered {method} {path} with non-JSON")
             error.status = 502
             raise error from e
+
+    def oauth_token(self, client_id: str, client_secret: str) -> dict[str, Any]:
+        """An access token from `POST /oauth2/token` (client-credentials grant, HTTP Basic client auth).
+
+        Raises:
+            GatewayUnreachable: no connection.
+            FleetgateError: the RFC 6749 error (`status` 400/401) with its description.
+        """
+        from base64 import b64encode
+        from urllib.parse import quote_plus
+
+        basic = b64encode(f"{quote_plus(client_id)}:{quote_plus(client_secret)}".encode()).decode()
+        status, reason, data = self._send("POST", self._prefix + "/oauth2/token", b"grant_type=client_credentials", {
+            "Authorization": f"Basic {basic}", "Content-Type": "application/x-www-form-urlencoded"})
+        try:
+            answer = jsonlib.loads(data)
+        except ValueError:
+            answer = None
+        if status >= 400 or not isinstance(answer, dict) or not isinstance(answer.get("access_token"), str):
+            problem = answer.get("error") if isinstance(answer, dict) else None
+            if isinstance(problem, dict):  # the gateway's own errors (e.g. 413) are OpenAI-shaped
+                problem = problem.get("message")
+            elif isinstance(problem, str):  # RFC 6749 §5.2
+                problem = answer.get("error_description") or problem
+            message = problem if isinstance(problem, str) and problem else (
+                f"the gateway at {self.base_url} answered POST /oauth2/token with {status} {reason}")
+            error = FleetgateError(message)
+            error.status = status if status >= 400 else 502
+            raise error
+        return answer
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params=params)

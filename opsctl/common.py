@@ -193,7 +193,7 @@ def admin_client(gateway: str | None, token: str | None, config: str | None = No
 
     settings = load_cli_settings(config)
     url, source = find_gateway_url(settings, gateway)
-    return AdminClient(url, find_admin_token(settings, token), source=source)
+    return AdminClient(url, find_admin_token(settings, token, gateway_url=url), source=source)
 
 
 def resolve_org(org: str | None, gateway: str | None, token: str | None, config: str | None = None) -> str | None:

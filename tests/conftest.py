@@ -16,6 +16,8 @@ def _no_developer_config(monkeypatch, tmp_path):
     for key in list(os.environ):
         if key.startswith("FLEETGATE_") and key not in ("FLEETGATE_REQUIRE_SERVICES", "FLEETGATE_TEST_POSTGRES"):
             monkeypatch.delenv(key)
+    # Nor the developer's `opsctl login` (~/.config/fleetgate/credentials.json).
+    monkeypatch.setenv("FLEETGATE_CREDENTIALS", str(tmp_path / "credentials.json"))
     monkeypatch.chdir(tmp_path)
 
 

@@ -80,6 +80,8 @@ class FleetgateApp(App):
         self.switch_mode(self.start_screen)
         if self.follow_events:
             self._follow_events()
+        if self.source.live and not self.read_only:
+            self._learn_role()
         if not self.is_headless:
             self.set_interval(TERMINAL_CHECK_S, self._check_terminal)
 
@@ -93,6 +95,21 @@ class FleetgateApp(App):
             termios.tcgetattr(sys.__stdin__.fileno())
         except (OSError, termios.error, ValueError, AttributeError):
             self.exit(return_code=1, message="opsctl tui: the terminal went away")
+
+    @work(thread=True, group="whoami", exit_on_error=False)
+    def _learn_role(self) -> None:
+        """A viewer's token can change nothing: turn read-only at once instead of letting every action fail with 403."""
+        try:
+            who = self.source.get("/admin/v1/whoami")
+        except Exception:  # noqa: BLE001 - an older gateway, or none yet: the screens report what is wrong
+            return
+        if isinstance(who, dict) and who.get("role") == "viewer":
+            self.call_from_thread(self._become_read_only, str(who.get("actor", "viewer")))
+
+    def _become_read_only(self, actor: str) -> None:
+        self.read_only = True
+        self.sub_title = f"{self.source.label} · read-only ({actor} is a viewer)"
+        self.screen.refresh_bindings()
 
     def on_unmount(self) -> None:
         self._stopping.set()

@@ -104,7 +104,7 @@ class LiveSource(Source):
 
         self.settings = settings
         self.url, self._url_source = find_gateway_url(settings, gateway)
-        self._token = find_admin_token(settings, token)
+        self._token = find_admin_token(settings, token, gateway_url=self.url)
         self._timeout = timeout
         self._local = threading.local()
         self._clients: list[AdminClient] = []

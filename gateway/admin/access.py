@@ -87,8 +87,31 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/admin/v1/usage/flush"): _r("operator", "global"),
     # audit (an org principal sees its org's entries)
     ("GET", "/admin/v1/audit"): _r("viewer", "org"),
+    ("GET", "/admin/v1/audit/export"): _r("viewer", "org"),  # audit (issue 12, part D)
     # who am I
     ("GET", "/admin/v1/whoami"): _r("viewer", "any"),
+    # identity (A): users, personal tokens (the handler also lets a user manage its own), service accounts, keys
+    ("POST", "/admin/v1/users"): _r("admin", "org"),
+    ("GET", "/admin/v1/users"): _r("viewer", "org"),
+    ("GET", "/admin/v1/users/{user}"): _r("viewer", "org"),
+    ("PATCH", "/admin/v1/users/{user}"): _r("admin", "org"),
+    ("POST", "/admin/v1/users/{user}/tokens"): _r("viewer", "org"),
+    ("GET", "/admin/v1/users/{user}/tokens"): _r("viewer", "org"),
+    ("DELETE", "/admin/v1/users/{user}/tokens/{token_id}"): _r("viewer", "org"),
+    ("POST", "/admin/v1/service-accounts"): _r("admin", "org"),
+    ("GET", "/admin/v1/service-accounts"): _r("admin", "org"),
+    ("GET", "/admin/v1/service-accounts/{sa}"): _r("admin", "org"),
+    ("PATCH", "/admin/v1/service-accounts/{sa}"): _r("admin", "org"),
+    ("POST", "/admin/v1/service-accounts/{sa}/secret"): _r("admin", "org"),
+    ("GET", "/admin/v1/oauth2/keys"): _r("viewer", "any"),
+    ("POST", "/admin/v1/oauth2/keys/rotate"): _r("admin", "global"),
+    # declarative config (E2): ownership, apply records, and the CRUD apply/prune needs
+    ("GET", "/admin/v1/config/ownership"): _r("admin", "global"),
+    ("PUT", "/admin/v1/config/ownership"): _r("admin", "global"),
+    ("POST", "/admin/v1/config/applied"): _r("admin", "global"),
+    ("PATCH", "/admin/v1/api-keys/{key_id}"): _r("operator", "org"),
+    ("DELETE", "/admin/v1/budgets/{budget_id}"): _r("admin", "org"),
+    ("DELETE", "/admin/v1/organizations/{org}"): _r("admin", "global"),
 }
 
 
@@ -99,11 +122,6 @@ def rule_for(method: str, route: str) -> Rule | None:
 def principal(request: web.Request) -> Principal:
     """The authenticated caller (set by `access_middleware` before any admin handler runs)."""
     return request[appkeys.PRINCIPAL]
-
-
-def actor(request: web.Request) -> str:
-    """The audit log's actor name of the caller."""
-    return principal(request).actor
 
 
 def org_scope(request: web.Request) -> str | None:

@@ -58,9 +58,10 @@ def _deployer(kind: str, kubeconfig: Path | None, kube_context: str | None, name
     from opsctl.deploy import DeployerOptions, make_deployer
 
     settings = load_cli_settings(config)
+    url = find_gateway_url(settings, gateway)[0]
     return make_deployer(kind, DeployerOptions(
         kubeconfig=kubeconfig, kube_context=kube_context, namespace=namespace, state_dir=Path(settings.state_dir),
-        gateway_url=find_gateway_url(settings, gateway)[0], admin_token=find_admin_token(settings, token)))
+        gateway_url=url, admin_token=find_admin_token(settings, token, gateway_url=url)))
 
 
 def _release(model: str, env: str) -> str:

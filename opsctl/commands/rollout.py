@@ -70,7 +70,7 @@ class Where:
 
         settings = self.settings()
         url, source = find_gateway_url(settings, self.gateway)
-        return AdminClient(url, find_admin_token(settings, self.admin_token), source=source)
+        return AdminClient(url, find_admin_token(settings, self.admin_token, gateway_url=url), source=source)
 
     def engine(self, client: Any, kind: str | None, output: Output, steps: list[str] | None = None) -> RolloutEngine:
         """The engine over `client`, a deployer of `kind` (the --deployer flag wins), and the progress display."""
@@ -83,7 +83,8 @@ class Where:
         options = DeployerOptions(kubeconfig=self.kubeconfig, kube_context=self.kube_context,
                                   namespace=self.namespace, state_dir=Path(settings.state_dir),
                                   gateway_url=client.base_url,
-                                  admin_token=find_admin_token(settings, self.admin_token))
+                                  admin_token=find_admin_token(settings, self.admin_token,
+                                                               gateway_url=client.base_url))
         deployer = make_deployer(self.deployer or kind or DEFAULT_DEPLOYER, options)
         progress = make_progress(output.value, total_steps=len(steps) if steps else None, steps=steps)
         return RolloutEngine(client, deployer, progress)

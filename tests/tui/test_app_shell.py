@@ -42,6 +42,31 @@ async def test_the_palette_offers_every_screen_and_no_mutation_when_read_only(fl
         assert "read-only" in app.sub_title
 
 
+async def test_a_viewers_token_turns_the_console_read_only(fleet_stack):
+    """The role comes from /admin/v1/whoami: a viewer gets no mutating key, an admin keeps them."""
+    with fleet_stack.admin() as admin:
+        r = admin.post("/admin/v1/users", json={"name": "tui-viewer", "role": "viewer"})
+        assert r.status_code == 201, r.text
+        r = admin.post(f"/admin/v1/users/{r.json()['id']}/tokens", json={"expires_in": "1h"})
+        assert r.status_code == 201, r.text
+        token = r.json()["token"]
+    app = FleetgateApp(LiveSource(fleet_stack.settings(), fleet_stack.url, token))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.read_only, what="read-only mode for a viewer")
+        assert "user:tui-viewer is a viewer" in app.sub_title
+        await app.switch_mode("registry")
+        await pilot.pause()
+        actions = app.screen.MUTATING_ACTIONS
+        assert actions and all(app.screen.check_action(action, ()) is False for action in actions)
+        offered = {command.title for command in app.get_system_commands(app.screen)}
+        assert not any(a.title in offered for a in app.screen.palette_actions() if a.mutating)
+    admin_app = FleetgateApp(fleet_stack.source())
+    async with admin_app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: admin_app.screen is not None and admin_app.current_mode == "overview")
+        await pilot.pause(0.5)
+        assert not admin_app.read_only
+
+
 async def test_live_events_are_recorded_and_a_recording_replays_the_same_answers(fleet_stack, tmp_path):
     """A registry change made by someone else arrives as a live event; `--record` keeps it and every answer,
     and `--replay` shows the same answers back, read-only, on the recording's clock."""
