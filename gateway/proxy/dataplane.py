@@ -15,7 +15,7 @@ import logging
 import math
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
@@ -24,6 +24,7 @@ from aiohttp import web
 from analytics_lake.sink import UsageSink
 from gateway.appkeys import ACCESS, REQUEST_ID
 from gateway.auth.authenticator import Authenticator, KeyInfo
+from gateway.auth.signing import SIGNATURE_HEADER, parse_header
 from gateway.errors import (
     FleetgateError,
     InternalError,
@@ -49,6 +50,9 @@ from gateway.settings import Settings
 from gateway.store.base import Store
 from gateway.store.models import Model
 from gateway.upstream import UpstreamPool, UpstreamProtocolError, UpstreamSaturated, UpstreamTimeoutError
+
+if TYPE_CHECKING:
+    from gateway.admin.auditing import AuditStream
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +106,8 @@ class DataPlane:
     ) -> None:
         self.store = store
         self._soft_flagged: set[tuple[str, str, str]] = set()
+        # The Redis mirror of the audit log, set at start-up by gateway.admin.auditing when configured.
+        self.audit_stream: AuditStream | None = None
         self.settings = settings
         self.auth = auth
         self.registry = registry
@@ -189,9 +195,17 @@ class DataPlane:
             if marker in self._soft_flagged:
                 continue
             self._soft_flagged.add(marker)
-            self._spawn(self.store.add_audit("gateway", "budget.soft_limit", rule.scope_id, {
-                "org_id": rule.org_id, "scope": rule.scope, "period": rule.period, "period_key": period,
-                "limit_micros": rule.limit_micros, "soft_limit_pct": rule.soft_limit_pct}))
+            self._spawn(self._audit_soft_limit(rule, period))
+
+    async def _audit_soft_limit(self, rule: BudgetRule, period_key: str) -> None:
+        """The audit entry of a budget's first request over its soft limit in a period (actor: the gateway)."""
+        assert self.store is not None
+        alert = {"scope": rule.scope, "period": rule.period, "period_key": period_key,
+                 "limit_micros": rule.limit_micros, "soft_limit_pct": rule.soft_limit_pct}
+        entry = await self.store.add_audit("gateway", "budget.soft_limit", rule.scope_id, alert, actor_type="gateway",
+                                           actor_id="gateway", org_id=rule.org_id, after=alert)
+        if self.audit_stream is not None:
+            await self.audit_stream.publish(entry)
 
     async def _reserve(self, call: Call, route: Route, req: InferenceRequest) -> None:
         """Reserve the request's maximum cost: its prompt bound and every output token it may get,
@@ -211,12 +225,23 @@ class DataPlane:
             self._soft_limit(call.info, call.reservation)
 
     # --- the request path -------------------------------------------------
+    async def authenticate(self, request: web.Request) -> tuple[KeyInfo, bytes]:
+        """The caller's key and the raw body. A bearer key is checked before the body is read; a signed
+        request once it is read, since its signature covers the exact bytes received."""
+        header = request.headers.get(SIGNATURE_HEADER)
+        if header is None:
+            info = await self.auth.authenticate(request.headers.get("Authorization"))
+            return info, await read_body(request, self.settings)
+        signature = parse_header(header)
+        raw = await read_body(request, self.settings)
+        return await self.auth.authenticate_signed(signature, request.method, request.raw_path, raw), raw
+
     async def handle(self, request: web.Request, kind: str, upstream_path: str) -> web.StreamResponse:
         call = Call(request_id=request.get(REQUEST_ID) or uuid.uuid4().hex,
                     ts_us=time.time_ns() // 1000, t0=time.perf_counter())
         try:
-            call.info = await self.auth.authenticate(request.headers.get("Authorization"))
-            body = parse_request(await read_body(request, self.settings), kind)
+            call.info, raw = await self.authenticate(request)
+            body = parse_request(raw, kind)
             call.model = body["model"]
             route = call.route = self.resolve(call.info, call.model)
             req = call.req = validate(body, kind, default_max_tokens=route.model.max_tokens,

@@ -17,7 +17,7 @@ def _model_object(route: Route) -> dict:
 
 async def _visible(request: web.Request) -> tuple[KeyInfo, list[Route]]:
     dataplane = request.app[appkeys.DATAPLANE]
-    info = await dataplane.auth.authenticate(request.headers.get("Authorization"))
+    info, _ = await dataplane.authenticate(request)  # a bearer key or a signed request
     env = info.key.environment or dataplane.settings.default_environment
     routes = [r for r in dataplane.registry.routes(env) if r.model.status == "active" and info.may_use(r.model.name)]
     return info, routes

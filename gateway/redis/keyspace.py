@@ -16,6 +16,10 @@ class RedisKeys:
         """A model's registry entry (JSON), cached with the registry TTL."""
         return f"{self.prefix}:registry:{environment}:{model}"
 
+    def request_nonce(self, key_id: str, nonce: str) -> str:
+        """A signed request's nonce, kept for the signature window (gateway/auth/signing.py)."""
+        return f"{self.prefix}:nonce:{key_id}:{nonce}"
+
     def api_key(self, key_hash: str) -> str:
         """A key's auth record (JSON) by the SHA-256 of its secret."""
         return f"{self.prefix}:apikey:{key_hash}"

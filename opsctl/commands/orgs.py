@@ -25,7 +25,7 @@ key_app = new_app("API keys (the secret is shown once, at creation).")
 
 ORG_COLUMNS = ("id", "name", "rpm_limit", "tpm_limit", "created_at")
 KEY_COLUMNS = ("id", "org_id", "name", "prefix", "status", "rpm_limit", "tpm_limit", "allowed_models",
-               "environment", "expires_at")
+               "environment", "expires_at", "require_signature")
 
 
 def _positive(name: str, value: int | None) -> int | None:
@@ -77,6 +77,8 @@ def key_create(
     models: Annotated[str | None, typer.Option("--models", help="comma-separated models this key may use")] = None,
     env: Annotated[str | None, typer.Option("--env", help="environment this key routes to")] = None,
     expires_in: Annotated[str | None, typer.Option("--expires-in", help="e.g. 30d, 12h")] = None,
+    require_signature: Annotated[bool, typer.Option(
+        "--require-signature", help="refuse bearer use: requests must be signed (docs/signed-requests.md)")] = False,
     output: OutputOpt = Output.table, gateway: GatewayOpt = None, admin_token: TokenOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -86,13 +88,18 @@ def key_create(
         fail("--models must name at least one model")
     body = {"org": org, "name": name, "rpm_limit": _positive("--rpm", rpm), "tpm_limit": _positive("--tpm", tpm),
             "models": allowed, "environment": env, "expires_in": expires_in}
+    if require_signature:  # only then: a gateway without signed requests still takes every other key
+        body["require_signature"] = True
     with admin_client(gateway, admin_token, config) as client:
         created = client.post("/admin/v1/api-keys", body)
     if output is Output.json:
         render(created, output)
     else:
-        render(created, output, columns=("id", "org_id", "name", "prefix", "expires_at"))
+        render(created, output, columns=("id", "org_id", "name", "prefix", "expires_at", "require_signature"))
         typer.echo(f"\nAPI key (shown once, store it now): {created['key']}")
+        if created.get("require_signature"):
+            typer.echo(f"Signed requests only: sign with key id {created['id']} and a key derived from this "
+                       "secret (docs/signed-requests.md).")
 
 
 @key_app.command("list")
