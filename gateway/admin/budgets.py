@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.admin import access
+from gateway.admin import access, auditing
 from gateway.admin.common import json_body, reply
 from gateway.admin.inputs import field, only_fields, path, query_str
 from gateway.admin.orgs import announce_org
@@ -29,7 +29,6 @@ def budget_dict(budget: Budget) -> dict[str, Any]:
 
 
 async def set_budget(request: web.Request) -> web.Response:
-    actor = access.actor(request)
     body = await json_body(request)
     only_fields(body, BUDGET_FIELDS)
     org_ref = field(body, "org", str, required=True)
@@ -44,10 +43,11 @@ async def set_budget(request: web.Request) -> web.Response:
         key = await store.get_api_key(key_id)
         if key.org_id != org.id:
             raise InvalidRequest(f"key {key_id!r} does not belong to organization {org.name!r}.", param="key_id")
+    before = next((b for b in await store.list_budgets(org.id) if b.key_id == key_id), None)
     budget = await store.set_budget(org.id, limit_micros=round(usd * MICROS), period=period,
                                     soft_limit_pct=soft, key_id=key_id)
-    await store.add_audit(actor, "budget.set", budget.id, {"org": org.id, "usd": usd, "period": period,
-                                                           "key_id": key_id})
+    await auditing.record(request, "budget.set", budget.id, org_id=org.id,
+                          before=budget_dict(before) if before else None, after=budget_dict(budget))
     await announce_org(request, org.id, "budget")
     return reply(budget_dict(budget))
 
@@ -81,7 +81,6 @@ async def rebuild_budgets(request: web.Request) -> web.Response:
     replaced by the lake's figure (one grouped query), later settles add on top. Budgets restore
     themselves after a restart or a Redis data loss; this is for counters known to be wrong
     (e.g. after an outage under the fail-open policy)."""
-    actor = access.actor(request)
     body = await json_body(request) if request.can_read_body else {}
     only_fields(body, ("org",))
     store = request.app[appkeys.STORE]
@@ -91,6 +90,7 @@ async def rebuild_budgets(request: web.Request) -> web.Response:
     limiter = request.app[appkeys.DATAPLANE].limiter
     budgets = [b for b in await store.list_budgets() if org_ids is None or b.org_id in org_ids]
     rules = [BudgetRule.from_budget(b) for b in budgets]
+    counted = {b.id: (await limiter.budget_status(r)).spent_micros for b, r in zip(budgets, rules, strict=True)}
     restored = {r.rule: r for r in await limiter.restore_budgets(rules, reset=True)}
     results = []
     for budget, rule in zip(budgets, rules, strict=True):
@@ -99,8 +99,22 @@ async def rebuild_budgets(request: web.Request) -> web.Response:
         results.append({"budget_id": budget.id, "org_id": budget.org_id, "key_id": budget.key_id,
                         "period": budget.period, "lake_micros": lake, "spent_micros": status.spent_micros,
                         "spent_usd": status.spent_micros / MICROS})
-    await store.add_audit(actor, "budget.rebuild", org_name or "*", {"budgets": len(results)})
+    await auditing.record(request, "budget.rebuild", scope or "*", org_id=scope,
+                          before={"spent_micros": counted},
+                          after={"spent_micros": {r["budget_id"]: r["spent_micros"] for r in results},
+                                 "lake_micros": {r["budget_id"]: r["lake_micros"] for r in results}})
     return reply(results)
+
+
+async def delete_budget(request: web.Request) -> web.Response:
+    """Delete a budget: every replica stops enforcing it at once (its cached key entries are dropped)."""
+    store = request.app[appkeys.STORE]
+    budget = await store.get_budget(path(request, "budget_id"))
+    access.check_org(request, budget.org_id)
+    await store.delete_budget(budget.id)
+    await auditing.record(request, "budget.delete", budget.id, org_id=budget.org_id, before=budget_dict(budget))
+    await announce_org(request, budget.org_id, "budget")
+    return reply({"deleted": budget.id, "org_id": budget.org_id, "key_id": budget.key_id})
 
 
 def setup(app: web.Application) -> None:
@@ -110,3 +124,4 @@ def setup(app: web.Application) -> None:
     r.add_get("/admin/v1/budgets", list_budgets)
     r.add_post("/admin/v1/budgets/rebuild", rebuild_budgets)
     r.add_get("/admin/v1/budgets/{org}", show_budget)
+    r.add_delete("/admin/v1/budgets/{budget_id}", delete_budget)

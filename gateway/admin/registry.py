@@ -6,12 +6,14 @@ replicas update their routing snapshot within a second.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
 from urllib.parse import urlparse
 
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.admin import access
+from gateway.admin import auditing
 from gateway.admin.common import json_body, reply
 from gateway.admin.inputs import (
     MAX_URL,
@@ -24,7 +26,7 @@ from gateway.admin.inputs import (
 )
 from gateway.admin.orgs import check_model_name, check_name
 from gateway.errors import Conflict, InvalidRequest, NotFound
-from gateway.store.models import ENDPOINT_STATUSES, MODEL_STATUSES
+from gateway.store.models import ENDPOINT_STATUSES, MODEL_STATUSES, Endpoint, Model
 from gateway.store.validation import INT32_MAX, MAX_PRICE
 
 MAX_WEIGHT = 1_000_000
@@ -80,9 +82,13 @@ async def list_models(request: web.Request) -> web.Response:
     return reply([{**e.model.to_dict(), "endpoints": [ep.to_dict() for ep in e.endpoints]} for e in entries])
 
 
+def audited_model(model: Model, endpoints: Iterable[Endpoint]) -> dict[str, Any]:
+    """A model with its endpoints, as the audit log records it."""
+    return {**model.to_dict(), "endpoints": [auditing.snapshot(e) for e in endpoints]}
+
+
 async def register(request: web.Request) -> web.Response:
     """Create the model in the environment if needed, then add an endpoint to it (if given)."""
-    actor = access.actor(request)
     body = await json_body(request)
     only_fields(body, REGISTER_FIELDS)
     store = request.app[appkeys.STORE]
@@ -98,8 +104,10 @@ async def register(request: web.Request) -> web.Response:
     status = field(body, "status", str, default="ready", choices=ENDPOINT_STATUSES)
     mirror = _mirror_percent(body)
     created = False
+    before = None
     try:
         model = await store.get_model(name, env)
+        before = audited_model(model, await store.list_endpoints(model.id))
         changes = {k: v for k, v in pricing.items() if v is not None}
         if fallbacks is not None:
             changes["fallbacks"] = fallbacks
@@ -123,9 +131,10 @@ async def register(request: web.Request) -> web.Response:
             existing = [e for e in await store.list_endpoints(model.id) if e.url == url][0]
             endpoint = await store.update_endpoint(existing.id, weight=weight, release=release, status=status,
                                                    mirror_percent=mirror)
-    await store.add_audit(actor, "registry.register", model.id, {"name": name, "environment": env, "endpoint": url})
-    await announce(request, name, env)
     entry = [e for e in await store.registry(env) if e.model.id == model.id][0]
+    await auditing.record(request, "registry.register", model.id, before=before,
+                          after=audited_model(entry.model, entry.endpoints))
+    await announce(request, name, env)
     return reply({**entry.model.to_dict(), "endpoints": [ep.to_dict() for ep in entry.endpoints],
                   "endpoint": endpoint.to_dict() if endpoint else None}, status=201 if created else 200)
 
@@ -139,7 +148,6 @@ async def get_model(request: web.Request) -> web.Response:
 
 
 async def update_model(request: web.Request) -> web.Response:
-    actor = access.actor(request)
     env, name = path(request, "env"), path(request, "name")
     body = await json_body(request)
     only_fields(body, MODEL_FIELDS)
@@ -149,19 +157,20 @@ async def update_model(request: web.Request) -> web.Response:
     if not changes:
         raise InvalidRequest("Nothing to change: give status, prices, max_tokens, fallbacks or metadata.")
     store = request.app[appkeys.STORE]
+    before = await store.get_model(name, env)
     model = await store.update_model(name, env, **changes)
-    await store.add_audit(actor, "registry.update", model.id, changes)
+    await auditing.record(request, "registry.update", model.id, before=before, after=model)
     await announce(request, name, env)
     return reply(model.to_dict())
 
 
 async def delete_model(request: web.Request) -> web.Response:
-    actor = access.actor(request)
     env, name = path(request, "env"), path(request, "name")
     store = request.app[appkeys.STORE]
     model = await store.get_model(name, env)
+    before = audited_model(model, await store.list_endpoints(model.id))
     await store.delete_model(name, env)
-    await store.add_audit(actor, "registry.deregister", model.id, {"name": name, "environment": env})
+    await auditing.record(request, "registry.deregister", model.id, before=before)
     await announce(request, name, env)
     return reply({"deleted": model.id, "name": name, "environment": env})
 
@@ -171,7 +180,6 @@ async def list_endpoints(request: web.Request) -> web.Response:
 
 
 async def update_endpoint(request: web.Request) -> web.Response:
-    actor = access.actor(request)
     endpoint_id = path(request, "endpoint_id")
     body = await json_body(request)
     only_fields(body, ENDPOINT_FIELDS)
@@ -184,22 +192,21 @@ async def update_endpoint(request: web.Request) -> web.Response:
     if weight is None and status is None and release is None and mirror is None:
         raise InvalidRequest("Nothing to change: give weight, status, release or mirror_percent.")
     store = request.app[appkeys.STORE]
+    before = await store.get_endpoint(endpoint_id)
     endpoint = await store.update_endpoint(endpoint_id, weight=weight, status=status, release=release,
                                            mirror_percent=mirror)
     model = await store.get_model_by_id(endpoint.model_id)
-    changes = {"weight": weight, "status": status, "release": release, "mirror_percent": mirror}
-    await store.add_audit(actor, "endpoint.update", endpoint.id, {k: v for k, v in changes.items() if v is not None})
+    await auditing.record(request, "endpoint.update", endpoint.id, before=before, after=endpoint)
     await announce(request, model.name, model.environment)
     return reply(endpoint.to_dict())
 
 
 async def delete_endpoint(request: web.Request) -> web.Response:
-    actor = access.actor(request)
     store = request.app[appkeys.STORE]
     endpoint = await store.get_endpoint(path(request, "endpoint_id"))
     model = await store.get_model_by_id(endpoint.model_id)
     await store.delete_endpoint(endpoint.id)
-    await store.add_audit(actor, "endpoint.delete", endpoint.id, {"url": endpoint.url})
+    await auditing.record(request, "endpoint.delete", endpoint.id, before=endpoint)
     await announce(request, model.name, model.environment)
     return reply({"deleted": endpoint.id})
 

@@ -11,13 +11,13 @@ from typing import Any
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.admin import access
+from gateway.admin import auditing
 from gateway.admin.common import json_body, reply
 from gateway.admin.inputs import MAX_LIST, MAX_URL, field, only_fields, path, query_str, text
 from gateway.admin.orgs import check_model_name, check_name
 from gateway.admin.registry import check_url
 from gateway.errors import InvalidRequest
-from gateway.store.models import RELEASE_DEPLOYERS, RELEASE_TRACKS, REVISION_STATUSES
+from gateway.store.models import RELEASE_DEPLOYERS, RELEASE_TRACKS, REVISION_STATUSES, Release, ReleaseRevision
 from gateway.store.validation import MAX_TEXT_LENGTH, text as free_text
 
 REVISION_FIELDS = ("model", "environment", "deployer", "track", "version", "values", "status", "description",
@@ -89,9 +89,15 @@ async def get_release(request: web.Request) -> web.Response:
     return reply({**release.to_dict(), "history": [r.to_dict() for r in history]})
 
 
+def audited(revision: ReleaseRevision | Release) -> dict[str, Any]:
+    """A revision (or a release) as the audit log records it: without the deployer's runtime facts (pids, ports)."""
+    state = revision.to_dict()
+    state.pop("runtime")
+    return state
+
+
 async def add_revision(request: web.Request) -> web.Response:
     """Record the release's next revision (creating the release with its first)."""
-    actor = access.actor(request)
     name = _release_name(request)
     body = await json_body(request)
     only_fields(body, REVISION_FIELDS)
@@ -109,15 +115,13 @@ async def add_revision(request: web.Request) -> web.Response:
     }
     store = request.app[appkeys.STORE]
     revision = await store.add_release_revision(name, **values)
-    await store.add_audit(actor, "release.revision", name, {
-        "revision": revision.revision, "version": revision.version, "status": revision.status,
-        "model": values["model"], "environment": values["environment"], "track": values["track"]})
+    await auditing.record(request, "release.revision", name, after={**audited(revision), "model": values["model"],
+                          "environment": values["environment"], "track": values["track"]})
     return reply(revision.to_dict(), status=201)
 
 
 async def update_revision(request: web.Request) -> web.Response:
     """Change a revision's status, runtime, endpoints or description (`deployed` supersedes the others)."""
-    actor = access.actor(request)
     name = _release_name(request)
     number = _revision_number(request)
     body = await json_body(request)
@@ -131,19 +135,20 @@ async def update_revision(request: web.Request) -> web.Response:
     if all(v is None for v in changes.values()):
         raise InvalidRequest("Nothing to change: give status, runtime, endpoints or description.")
     store = request.app[appkeys.STORE]
+    before = next((r for r in await store.release_history(name) if r.revision == number), None)
     revision = await store.update_release_revision(name, number, **changes)
-    await store.add_audit(actor, "release.update", name, {
-        "revision": number, **{k: v for k, v in changes.items() if v is not None and k != "runtime"}})
+    await auditing.record(request, "release.update", name, before=audited(before) if before else None,
+                          after=audited(revision))
     return reply(revision.to_dict())
 
 
 async def delete_release(request: web.Request) -> web.Response:
     """Forget the release and its history (as `helm uninstall`)."""
-    actor = access.actor(request)
     name = _release_name(request)
     store = request.app[appkeys.STORE]
+    before = await store.get_release(name)
     await store.delete_release(name)
-    await store.add_audit(actor, "release.delete", name, {})
+    await auditing.record(request, "release.delete", name, before=audited(before))
     return reply({"deleted": name})
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import appkeys
-from gateway.admin import access
+from gateway.admin import auditing
 from gateway.admin.common import json_body, reply
 from gateway.admin.events import publish_live
 from gateway.admin.inputs import field, only_fields, path, query_int, query_str
@@ -89,9 +89,16 @@ def step_event(rollout: Rollout, event: RolloutEvent) -> dict[str, Any]:
     return {**event.to_dict(), "model": rollout.model, "environment": rollout.environment}
 
 
+def audited(rollout: Rollout) -> dict[str, Any]:
+    """A rollout as the audit log records it: the engine's working `state` by its keys only (it is bulky and
+    internal; the rollout's own events tell its story)."""
+    state = rollout.to_dict()
+    state["state_keys"] = sorted(state.pop("state"))
+    return state
+
+
 async def create_rollout(request: web.Request) -> web.Response:
     """Start a rollout; 409 `rollout_in_progress` while another of the model+environment is active."""
-    actor = access.actor(request)
     body = await json_body(request)
     only_fields(body, CREATE_FIELDS)
     model = check_model_name(field(body, "model", str, required=True), "model")
@@ -104,8 +111,7 @@ async def create_rollout(request: web.Request) -> web.Response:
     store = request.app[appkeys.STORE]
     rollout = await store.create_rollout(model, environment, version=version, kind=kind, playbook=playbook,
                                          spec=spec, owner=owner)
-    await store.add_audit(actor, "rollout.start", rollout.id, {
-        "model": model, "environment": environment, "version": version, "kind": kind, "playbook": playbook})
+    await auditing.record(request, "rollout.start", rollout.id, after=audited(rollout))
     await publish_live(request, "rollout", status_event(rollout))
     return reply(rollout.to_dict(), status=201)
 
@@ -128,7 +134,6 @@ async def get_rollout(request: web.Request) -> web.Response:
 
 async def update_rollout(request: web.Request) -> web.Response:
     """Advance a rollout (compare-and-set on `expected_version_no`: 409 `rollout_changed` if another wrote)."""
-    actor = access.actor(request)
     rollout_id = path(request, "rollout_id")
     body = await json_body(request)
     only_fields(body, UPDATE_FIELDS)
@@ -145,11 +150,9 @@ async def update_rollout(request: web.Request) -> web.Response:
     if not given:
         raise InvalidRequest("Nothing to change: give status, step, phase, state, reason or owner.")
     store = request.app[appkeys.STORE]
+    before = await store.get_rollout(rollout_id)
     rollout = await store.update_rollout(rollout_id, expected_version_no=expected, **given)
-    audited = {k: v for k, v in given.items() if k != "state"}
-    if "state" in given:
-        audited["state_keys"] = sorted(given["state"])
-    await store.add_audit(actor, "rollout.update", rollout.id, {**audited, "version_no": rollout.version_no})
+    await auditing.record(request, "rollout.update", rollout.id, before=audited(before), after=audited(rollout))
     if any(k in given for k in _ANNOUNCED):
         await publish_live(request, "rollout", status_event(rollout))
     return reply(rollout.to_dict())

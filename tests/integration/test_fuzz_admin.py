@@ -11,6 +11,8 @@ event-loop thread, because hypothesis drives synchronous tests; SQLite always, P
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import re
 import secrets
@@ -214,6 +216,10 @@ def check_response(r: httpx.Response, what: str) -> None:
         error = r.json()["error"]
         assert set(error) == {"message", "type", "code", "param"}, f"{what} → {error}"
         assert isinstance(error["message"], str) and error["message"] and isinstance(error["type"], str), error
+    elif r.headers.get("content-type", "").startswith("application/x-ndjson"):  # an export: JSON lines
+        [json.loads(line) for line in r.text.splitlines()]
+    elif r.headers.get("content-type", "").startswith("text/csv"):
+        list(csv.reader(io.StringIO(r.text)))
     else:
         r.json()
 
