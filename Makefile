@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.shadow --rounds 5 --duration 15
 	$(PY) -m benchmarks.rollout
 	$(PY) -m benchmarks.tui --out-md docs/benchmarks.md
+	$(PY) -m benchmarks.signing --duration 5 --rounds 4
 
 bench-quick: $(STAMP)
 	$(PY) -m benchmarks.gateway --quick --skip-litellm

@@ -223,6 +223,7 @@ async def test_read_only_hides_and_refuses_every_change(fleet_stack):
     async with app.run_test(size=SIZE) as pilot:
         screen = orgs_screen(app)
         await until(pilot, lambda: screen.data is not None, "the first refresh")
+        await until(pilot, lambda: screen.query_one(Footer).query("FooterKey"), "the footer's keys")
         footer = str([b.description for b in screen.query_one(Footer).query("FooterKey")])
         assert "Refresh" in footer  # the footer is there; only the changes are gone
         for hidden in ("New org", "New key", "Revoke key", "Set budget"):
