@@ -103,10 +103,16 @@ def user_show(name: str, output: OutputOpt = Output.table, gateway: GatewayOpt =
         render(client.get(f"/admin/v1/users/{_part(name)}"), output, columns=USER_COLUMNS)
 
 
+def _patch(collection: str, columns: tuple[str, ...], name: str, change: dict[str, str], output: Output,
+           gateway: str | None, token: str | None, config: str | None) -> None:
+    """PATCH one user or service account (`collection`: users | service-accounts) and show the result."""
+    with admin_client(gateway, token, config) as client:
+        render(client.patch(f"/admin/v1/{collection}/{_part(name)}", change), output, columns=columns)
+
+
 def _patch_user(name: str, change: dict[str, str], output: Output, gateway: str | None, token: str | None,
                 config: str | None) -> None:
-    with admin_client(gateway, token, config) as client:
-        render(client.patch(f"/admin/v1/users/{_part(name)}", change), output, columns=USER_COLUMNS)
+    _patch("users", USER_COLUMNS, name, change, output, gateway, token, config)
 
 
 @user_app.command("disable")
@@ -208,8 +214,7 @@ def account_show(name: str, output: OutputOpt = Output.table, gateway: GatewayOp
 
 def _patch_account(name: str, change: dict[str, str], output: Output, gateway: str | None, token: str | None,
                    config: str | None) -> None:
-    with admin_client(gateway, token, config) as client:
-        render(client.patch(f"/admin/v1/service-accounts/{_part(name)}", change), output, columns=ACCOUNT_COLUMNS)
+    _patch("service-accounts", ACCOUNT_COLUMNS, name, change, output, gateway, token, config)
 
 
 @service_account_app.command("disable")

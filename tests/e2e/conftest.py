@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -52,6 +54,37 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+@contextlib.contextmanager
+def module_gateway(state_dir: Path, token: str = E2E_TOKEN, **env_overrides: str) -> Iterator[GatewayProcess]:
+    """One `opsctl gateway serve` for a whole test module (SQLite in `state_dir`, no usage sink)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETGATE_")}
+    env.update(FLEETGATE_ADMIN_TOKEN=token, FLEETGATE_STATE_DIR=str(state_dir), FLEETGATE_USAGE_SINK="none")
+    env.update(env_overrides)
+    gw = GatewayProcess(env, state_dir.parent / f"{state_dir.name}-gateway.log").start()
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+def cli(gateway_url: str, token: str, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+    """`run(*args, code=0)`: opsctl in this process against `gateway_url`, asserting its exit code."""
+    from typer.testing import CliRunner
+
+    from opsctl.cli import app
+
+    monkeypatch.setenv("FLEETGATE_GATEWAY_URL", gateway_url)
+    monkeypatch.setenv("FLEETGATE_ADMIN_TOKEN", token)
+    runner = CliRunner()
+
+    def run(*args: str, code: int = 0, input: str | None = None) -> Any:
+        result = runner.invoke(app, list(args), input=input)
+        assert result.exit_code == code, f"{args} → {result.exit_code}\n{result.output}"
+        return result
+
+    return run
 
 
 @pytest.fixture

@@ -5,58 +5,32 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import stat
-import subprocess
-import sys
 
 import httpx
 import pytest
-from typer.testing import CliRunner
 
-from opsctl.cli import app
-from tests.support import free_port, wait_for
+from tests.e2e.conftest import cli, module_gateway
+from tests.support import free_port
 
 TOKEN = "fg-admin-cli-audit"
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
-    state = tmp_path_factory.mktemp("cli-audit-state")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETGATE_")}
-    env.update(FLEETGATE_ADMIN_TOKEN=TOKEN, FLEETGATE_STATE_DIR=str(state), FLEETGATE_PORT=str(port),
-               FLEETGATE_USAGE_SINK="none", FLEETGATE_ACCESS_LOG="false")
-    proc = subprocess.Popen([sys.executable, "-m", "opsctl", "gateway", "serve"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: httpx.get(url + "/v1/status/readyz").status_code == 200, timeout=30, what="gateway")
-        admin = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"})
-        for org in ("acme", "beta"):
-            assert admin.post("/admin/v1/organizations", json={"name": org}).status_code == 201
-            assert admin.post("/admin/v1/api-keys", json={"org": org}).status_code == 201
-        assert admin.patch("/admin/v1/organizations/acme", json={"rpm_limit": 60},
-                           headers={"X-Fleetgate-Change-Source": "git:repo#main@abcd"}).status_code == 200
-        admin.close()
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(15)
+    with module_gateway(tmp_path_factory.mktemp("cli-audit") / "state", TOKEN, FLEETGATE_ACCESS_LOG="false") as gw:
+        with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {TOKEN}"}) as admin:
+            for org in ("acme", "beta"):
+                assert admin.post("/admin/v1/organizations", json={"name": org}).status_code == 201
+                assert admin.post("/admin/v1/api-keys", json={"org": org}).status_code == 201
+            assert admin.patch("/admin/v1/organizations/acme", json={"rpm_limit": 60},
+                               headers={"X-Fleetgate-Change-Source": "git:repo#main@abcd"}).status_code == 200
+        yield gw.url
 
 
 @pytest.fixture
 def opsctl(gateway, monkeypatch):
-    monkeypatch.setenv("FLEETGATE_GATEWAY_URL", gateway)
-    monkeypatch.setenv("FLEETGATE_ADMIN_TOKEN", TOKEN)
-    runner = CliRunner()
-
-    def run(*args: str, code: int = 0):
-        result = runner.invoke(app, list(args))
-        assert result.exit_code == code, f"{args} → {result.exit_code}\n{result.output}"
-        return result
-
-    return run
+    return cli(gateway, TOKEN, monkeypatch)
 
 
 def test_list_filters_and_pages(opsctl):

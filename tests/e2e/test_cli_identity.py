@@ -7,37 +7,20 @@ FLEETGATE_ADMIN_TOKEN say otherwise, and an expired login is a clear error, neve
 from __future__ import annotations
 
 import json
-import os
 import stat
-import subprocess
-import sys
 
 import httpx
 import pytest
-from typer.testing import CliRunner
 
-from opsctl.cli import app
-from tests.support import free_port, wait_for
+from tests.e2e.conftest import cli, module_gateway
 
 TOKEN = "fg-admin-cli-identity"
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
-    state = tmp_path_factory.mktemp("cli-identity-state")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETGATE_")}
-    env.update(FLEETGATE_ADMIN_TOKEN=TOKEN, FLEETGATE_STATE_DIR=str(state), FLEETGATE_PORT=str(port),
-               FLEETGATE_USAGE_SINK="none")
-    proc = subprocess.Popen([sys.executable, "-m", "opsctl", "gateway", "serve"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: httpx.get(url + "/v1/status/readyz").status_code == 200, timeout=30, what="gateway")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(15)
+    with module_gateway(tmp_path_factory.mktemp("cli-identity") / "state", TOKEN) as gw:
+        yield gw.url
 
 
 @pytest.fixture
@@ -49,16 +32,7 @@ def credentials(tmp_path, monkeypatch):
 
 @pytest.fixture
 def opsctl(gateway, credentials, monkeypatch):
-    monkeypatch.setenv("FLEETGATE_GATEWAY_URL", gateway)
-    monkeypatch.setenv("FLEETGATE_ADMIN_TOKEN", TOKEN)
-    runner = CliRunner()
-
-    def run(*args: str, code: int = 0, input: str | None = None):
-        result = runner.invoke(app, list(args), input=input)
-        assert result.exit_code == code, f"{args} → {result.exit_code}\n{result.output}"
-        return result
-
-    return run
+    return cli(gateway, TOKEN, monkeypatch)
 
 
 def as_json(result) -> dict | list:
