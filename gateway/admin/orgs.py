@@ -76,14 +76,18 @@ async def get_org(request: web.Request) -> web.Response:
 
 
 async def update_org(request: web.Request) -> web.Response:
+    """Change an org's rpm/tpm limits; `null` removes a limit."""
     org_ref = path(request, "org")
     body = await json_body(request)
     only_fields(body, ORG_FIELDS[1:])
+    if not body:
+        raise InvalidRequest("Nothing to change: give rpm_limit and/or tpm_limit (null removes a limit).")
     limits = _limits(body)
+    cleared = [name for name in ("rpm_limit", "tpm_limit") if name in body and body[name] is None]
     store = request.app[appkeys.STORE]
     before = await store.get_org(org_ref)
     access.check_org(request, before.id)
-    org = await store.update_org(org_ref, **limits)
+    org = await store.update_org(org_ref, **limits, clear=cleared)
     await auditing.record(request, "org.update", org.id, org_id=org.id, before=before, after=org)
     await announce_org(request, org.id, "org")
     return reply(org.to_dict())

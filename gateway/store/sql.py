@@ -183,14 +183,21 @@ class SqlStore(ReleaseRolloutStore, IdentityStore, ConfigStore, AuditStore):
         return [org_from_row(r) for r in await self._db.fetchall("SELECT * FROM organizations ORDER BY name")]
 
     async def update_org(
-        self, id_or_name: str, *, rpm_limit: int | None = None, tpm_limit: int | None = None
+        self, id_or_name: str, *, rpm_limit: int | None = None, tpm_limit: int | None = None,
+        clear: Sequence[str] = (),
     ) -> Organization:
-        """Change the given limits (None keeps the current value)."""
+        """Change the given limits (None keeps the current value); the limits named in `clear` are removed."""
         changes = {
             "rpm_limit": check.optional_integer("rpm_limit", rpm_limit),
             "tpm_limit": check.optional_integer("tpm_limit", tpm_limit),
         }
         changes = {k: v for k, v in changes.items() if v is not None}
+        for name in clear:
+            if name not in ("rpm_limit", "tpm_limit"):
+                raise InvalidRequest(f"{name} cannot be cleared: expected rpm_limit or tpm_limit", param=name)
+            if name in changes:
+                raise InvalidRequest(f"{name} is both set and cleared", param=name)
+            changes[name] = None
         async with self._db.transaction() as tx:
             row = await self._org_row(tx, id_or_name)
             if changes:

@@ -25,8 +25,6 @@ FIXED_FIELDS = {
     "user": {"org": "a user cannot move to another org: declare a new user"},
     "service_account": {"org": "a service account cannot move to another org: declare a new one"},
 }
-# Fields the admin API can set but not clear (PATCH treats null as "keep").
-UNCLEARABLE = {"org": ("rpm_limit", "tpm_limit")}
 # Whose removal is a state change (disable) rather than a deletion; an already disabled one is gone.
 DISABLED_WHEN_REMOVED = ("user", "service_account")
 
@@ -204,9 +202,6 @@ class _Planner:
         why = FIXED_FIELDS.get(want.kind, {}).get(diff.name)
         if why:
             self._problem(want, diff.name, f"{shown(diff.old)} → {shown(diff.new)}: {why}")
-        elif diff.new is None and diff.name in UNCLEARABLE.get(want.kind, ()):
-            self._problem(want, diff.name, f"the admin API cannot remove this limit once set ({shown(diff.old)}); "
-                                           "give a value instead")
 
     def _undeclared(self, kind: str, matched: set[str | None]) -> None:
         """Owned objects of `kind` the config no longer declares: removed with --prune, else kept."""

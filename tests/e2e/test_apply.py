@@ -132,8 +132,14 @@ def test_the_plan_shows_each_changed_field(api, tmp_path):
                                   "require_signature: true").replace("rpm_limit: 600}", "}"))
     result = opsctl("apply", "-f", str(config), code=2)
     assert f"{config}:11: keys[1].require_signature: false → true: a key's require_signature" in result.stderr
-    assert f"{config}:4: orgs[0].rpm_limit: the admin API cannot remove this limit" in result.stderr
-    assert result.stderr.endswith("error: 2 problem(s) in the config; nothing was changed\n")
+    assert result.stderr.endswith("error: 1 problem(s) in the config; nothing was changed\n")
+    assert api.get("/admin/v1/organizations/acme").json()["rpm_limit"] == 600  # nothing was changed
+
+    # A limit left out of the file is removed (PATCH with null).
+    write(config, changed.replace("rpm_limit: 600}", "}"))
+    assert "~ org acme: rpm_limit 600 → none" in opsctl("apply", "-f", str(config)).stdout
+    assert api.get("/admin/v1/organizations/acme").json()["rpm_limit"] is None
+    assert opsctl("apply", "-f", str(config)).stdout == "no changes\n"
 
 
 def test_prune_removes_only_what_the_config_owns(api, tmp_path):

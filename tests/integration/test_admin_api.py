@@ -22,6 +22,8 @@ BAD_REQUESTS = [
     ("post", "/admin/v1/organizations", {"name": "x", "rpm_limit": True}, 400, "'rpm_limit' must be of type int"),
     ("get", "/admin/v1/organizations/nope", None, 404, "not found"),
     ("patch", "/admin/v1/organizations/nope", {"rpm_limit": 5}, 404, "not found"),
+    ("patch", "/admin/v1/organizations/acme", {}, 400, "Nothing to change"),
+    ("patch", "/admin/v1/organizations/acme", {"rpm_limit": "5"}, 400, "'rpm_limit' must be of type int"),
     ("post", "/admin/v1/api-keys", {}, 400, "'org' is required"),
     ("post", "/admin/v1/api-keys", {"org": "nope"}, 404, "not found"),
     ("post", "/admin/v1/api-keys", {"org": "acme", "models": "a"}, 400, "'models' must be a list"),
@@ -47,6 +49,13 @@ BAD_REQUESTS = [
     ("get", "/admin/v1/budgets/nope", None, 404, "not found"),
     ("get", "/admin/v1/audit?limit=abc", None, 400, "'limit' must be an integer"),
 ]
+
+
+async def test_an_org_limit_set_to_null_is_removed(gw):
+    r = await gw.admin.patch("/admin/v1/organizations/acme", json={"rpm_limit": 60, "tpm_limit": 1000})
+    assert (r.json()["rpm_limit"], r.json()["tpm_limit"]) == (60, 1000)
+    r = await gw.admin.patch("/admin/v1/organizations/acme", json={"rpm_limit": None})
+    assert r.status_code == 200 and (r.json()["rpm_limit"], r.json()["tpm_limit"]) == (None, 1000)
 
 
 @pytest.mark.parametrize(("method", "path", "body", "status", "message"), BAD_REQUESTS)
