@@ -67,7 +67,7 @@ class FleetScreen(Screen):
         return found.first() if found else None
 
     def on_mount(self) -> None:
-        self._failing = False
+        self._failure: tuple[str, object] | None = None  # the kind of failure last notified, until a success
         self.fleet_app.register_screen(self)
         if self.REFRESH:
             self.set_interval(self.fleet_app.refresh_s, self._tick)
@@ -97,7 +97,7 @@ class FleetScreen(Screen):
         self.app.call_from_thread(self._refreshed, data)
 
     def _refreshed(self, data: Any) -> None:
-        self._failing = False
+        self._failure = None
         try:
             self.show(data)
         except Exception as e:  # noqa: BLE001 - a rendering bug must not take the console down
@@ -112,8 +112,9 @@ class FleetScreen(Screen):
         marker = self.freshness()
         if marker is not None:
             marker.failed(reason)
-        if not self._failing:
-            self._failing = True
+        kind = (type(error).__name__, getattr(error, "status", None))
+        if kind != self._failure:  # once per failure, again when its kind changes (timeout → 401)
+            self._failure = kind
             self.notify(reason, title=f"{self.title or 'refresh'} failed", severity="error")
 
     def action_refresh(self) -> None:
