@@ -20,7 +20,23 @@ ERROR_SCHEMA = {
 _PARAM = re.compile(r"{(\w+)}")
 
 
+OAUTH2_ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {"error": {"type": "string"}, "error_description": {"type": "string"}},
+}
+
+
+def _tag(path: str) -> str:
+    if path.startswith("/admin/"):
+        return "admin"
+    if path.startswith("/oauth2/"):
+        return "oauth2"
+    return "status" if "status" in path or path == "/metrics" else "inference"
+
+
 def build_spec(app: web.Application, version: str) -> dict[str, Any]:
+    from gateway.admin.access import rule_for
+
     paths: dict[str, dict[str, Any]] = {}
     for route in app.router.routes():
         if route.method in ("HEAD", "OPTIONS", "*"):
@@ -29,21 +45,22 @@ def build_spec(app: web.Application, version: str) -> dict[str, Any]:
         if not path or path == "/openapi.json":
             continue
         doc = (route.handler.__doc__ or route.handler.__name__.replace("_", " ")).strip().splitlines()[0]
-        tag = "admin" if path.startswith("/admin/") else "status" if "status" in path or path == "/metrics" \
-            else "inference"
-        operation: dict[str, Any] = {
-            "summary": doc, "tags": [tag],
-            "responses": {"200": {"description": "OK"},
-                          "default": {"description": "OpenAI-shaped error",
-                                      "content": {"application/json": {"schema": ERROR_SCHEMA}}}},
-        }
+        tag = _tag(path)
+        error = ({"description": "OAuth2 error (RFC 6749 §5.2)",
+                  "content": {"application/json": {"schema": OAUTH2_ERROR_SCHEMA}}} if tag == "oauth2" else
+                 {"description": "OpenAI-shaped error", "content": {"application/json": {"schema": ERROR_SCHEMA}}})
+        operation: dict[str, Any] = {"summary": doc, "tags": [tag],
+                                     "responses": {"200": {"description": "OK"}, "default": error}}
+        rule = rule_for(route.method, path) if tag == "admin" else None
+        if rule is not None:
+            operation["description"] = f"Needs the {rule.role} role ({rule.scope} scope; docs/access-control.md)."
         params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
                   for p in _PARAM.findall(path)]
         if params:
             operation["parameters"] = params
         if route.method in ("POST", "PUT", "PATCH"):
             operation["requestBody"] = {"content": {"application/json": {"schema": {"type": "object"}}}}
-        if tag != "status":
+        if tag in ("admin", "inference"):
             operation["security"] = [{"bearer": []}]
         paths.setdefault(path, {})[route.method.lower()] = operation
     return {

@@ -98,6 +98,11 @@ async def test_openapi_lists_every_route(gw):
                  "/v1/status/readyz"):
         assert path in spec["paths"]
     assert "post" in spec["paths"]["/v1/chat/completions"]
+    # Each admin operation says the role its access rule needs; OAuth2's token endpoint has its own errors.
+    assert spec["paths"]["/admin/v1/models"]["post"]["description"].startswith("Needs the operator role (global")
+    token = spec["paths"]["/oauth2/token"]["post"]
+    assert token["tags"] == ["oauth2"] and "security" not in token and "RFC 6749" in token["responses"]["default"][
+        "description"]
 
 
 async def test_unknown_path_and_method_are_openai_shaped(gw):
