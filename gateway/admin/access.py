@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway import appkeys
+from gateway.admin.auditing import SOURCE_HEADER, change_source
 from gateway.auth.principal import Principal
 from gateway.errors import PermissionDenied
 
@@ -178,7 +179,8 @@ def setup(app: web.Application) -> None:
 
 @web.middleware
 async def access_middleware(request: web.Request, handler):  # noqa: ANN001, ANN201 - aiohttp signature
-    """Authenticate and authorize every admin route; other paths pass straight through."""
+    """Authenticate and authorize every admin route, and check its change-source header; other paths pass
+    straight through (one prefix test on the inference path)."""
     if not request.path.startswith("/admin/"):
         return await handler(request)
     route = admin_route(request)
@@ -194,5 +196,7 @@ async def access_middleware(request: web.Request, handler):  # noqa: ANN001, ANN
     else:
         who = await request.app[appkeys.ADMIN_AUTH].authenticate(header)
     check_rule(who, rule)
+    if SOURCE_HEADER in request.headers:
+        change_source(request)  # a bad one is refused before the handler changes anything; auditing records it
     request[appkeys.PRINCIPAL] = who
     return await handler(request)

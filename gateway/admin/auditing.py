@@ -20,7 +20,6 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import appkeys
-from gateway.admin import access
 from gateway.errors import InvalidRequest
 from gateway.store.models import AuditEntry, Record
 
@@ -66,14 +65,6 @@ def change_source(request: web.Request) -> str | None:
     if _SECRET_VALUE.search(raw):
         raise InvalidRequest(f"Header {SOURCE_HEADER} must not hold a secret.", param=SOURCE_HEADER)
     return _URL_CREDENTIALS.sub("***@", raw)
-
-
-@web.middleware
-async def change_source_middleware(request: web.Request, handler):  # noqa: ANN001, ANN201 - aiohttp signature
-    """Refuse a bad change-source header before the handler changes anything (`record` reads it after)."""
-    if request.path.startswith("/admin/") and SOURCE_HEADER in request.headers:
-        change_source(request)
-    return await handler(request)
 
 
 def snapshot(value: Record | Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -133,7 +124,7 @@ async def record(request: web.Request, action: str, target: str, *, org_id: str 
         before: the object before the change (None: created); a record or its dict.
         after: the object after it (None: removed).
     """
-    who = access.principal(request)
+    who = request[appkeys.PRINCIPAL]  # set by the access middleware before any admin handler
     before_state = audited_state(before, action, "before")
     after_state = audited_state(after, action, "after")
     if before_state is not None and before_state == after_state:
@@ -207,6 +198,5 @@ async def _stream_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def install(app: web.Application) -> None:
-    """Check the change-source header of every admin request, and mirror entries to Redis when configured."""
-    app.middlewares.append(change_source_middleware)
+    """Mirror entries to Redis when configured (the access middleware checks the change-source header)."""
     app.cleanup_ctx.append(_stream_ctx)
