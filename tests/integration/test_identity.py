@@ -6,7 +6,6 @@ at once with a clear 401, and an org admin can neither see nor touch another org
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -15,6 +14,7 @@ import pytest
 
 from gateway.errors import Conflict, InvalidRequest, NotFound
 from tests.fleet import gateway_settings, running_gateway
+from tests.support import eventually
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -195,9 +195,13 @@ async def test_personal_tokens_lifecycle(tmp_path):
         assert r.status_code == 404
 
         short = await create(gw, "/admin/v1/users/alice/tokens", {"expires_in": "1s"})
-        await asyncio.sleep(1.1)
-        r = await gw.admin.get("/admin/v1/whoami", headers=bearer(short["token"]))
-        assert r.status_code == 401 and "expired" in r.json()["error"]["message"]
+
+        async def refused():
+            r = await gw.admin.get("/admin/v1/whoami", headers=bearer(short["token"]))
+            return r if r.status_code == 401 else None
+
+        r = await eventually(refused, timeout=10, what="the short token to expire")
+        assert "expired" in r.json()["error"]["message"]
 
         assert (await gw.admin.patch("/admin/v1/users/alice", json={"status": "disabled"})).status_code == 200
         r = await gw.admin.get("/admin/v1/whoami", headers=bearer(token))

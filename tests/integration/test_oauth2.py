@@ -6,7 +6,6 @@ OAuth2 resource server would. Short lifetimes (2 s, no leeway) keep the expiry c
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
 
@@ -18,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from gateway import appkeys
 from gateway.errors import AuthenticationFailed
 from tests.fleet import gateway_settings, running_gateway
+from tests.support import eventually
 
 FORM = "application/x-www-form-urlencoded"
 SHORT = {"oauth_token_ttl_s": 2, "oauth_leeway_s": 0.0}
@@ -165,9 +165,13 @@ async def test_access_token_expires(tmp_path):
     async with running_gateway(gateway_settings(tmp_path, **SHORT)) as gw:
         token = await access_token(gw.url, await service_account(gw))
         assert (await whoami(gw, token)).status_code == 200
-        await asyncio.sleep(2.1)
-        r = await whoami(gw, token)
-        assert r.status_code == 401 and "expired" in r.json()["error"]["message"], r.text
+
+        async def refused():
+            r = await whoami(gw, token)
+            return r if r.status_code == 401 else None
+
+        r = await eventually(refused, timeout=10, what="the token to expire")
+        assert "expired" in r.json()["error"]["message"], r.text
 
 
 def forge(private_pem: str, kid: str, claims: dict) -> str:
@@ -195,7 +199,12 @@ async def test_rotated_key_verifies_until_its_tokens_expired_then_never(tmp_path
         assert all("private" not in str(k) for k in keys)
         assert {k["kid"] for k in (await gw.admin.get("/oauth2/jwks.json")).json()["keys"]} == {old_kid, new_kid}
 
-        await asyncio.sleep(2.1)  # every token the old key signed has expired now
+        async def old_key_expired():
+            keys = (await gw.admin.get("/admin/v1/oauth2/keys")).json()
+            return any(k["kid"] == old_kid and k["status"] == "expired" for k in keys)
+
+        # Every token the old key could have signed has expired now: it verifies nothing more.
+        await eventually(old_key_expired, timeout=10, what="the retired key's window to end")
         stored = {k.kid: k for k in await gw.app[appkeys.STORE].list_signing_keys()}
         claims = jwt.decode(new_token, options={"verify_signature": False})
         r = await whoami(gw, forge(stored[old_kid].private_pem, old_kid, claims))

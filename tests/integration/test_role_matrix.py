@@ -9,7 +9,6 @@ answers 2xx, 400 or 404, never 401/403) without changing what the next case sees
 
 from __future__ import annotations
 
-import asyncio
 import re
 from dataclasses import dataclass
 
@@ -20,6 +19,7 @@ from gateway.admin.access import RULES, Rule
 from gateway.app import create_app
 from gateway.auth.principal import ROLE_RANK
 from tests.fleet import gateway_settings, running_gateway
+from tests.support import eventually
 
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 PARAM = re.compile(r"\{([^}]+)\}")
@@ -189,7 +189,12 @@ async def test_role_matrix(tmp_path):
         revoked = await fleet.token(revoked_user)
         r = await gw.admin.delete(f"/admin/v1/users/{revoked_user}/tokens/{revoked['id']}")
         assert r.status_code in (200, 204), r.text
-        await asyncio.sleep(1.2)
+
+        async def expired_refused():
+            r = await gw.admin.get("/admin/v1/whoami", headers={"Authorization": f"Bearer {expired['token']}"})
+            return r.status_code == 401
+
+        await eventually(expired_refused, timeout=10, what="the 1 s token to expire")
         callers += [Caller("expired", expired["token"]), Caller("revoked", revoked["token"])]
 
         mismatches: list[str] = []
