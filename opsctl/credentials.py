@@ -18,10 +18,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.errors import FleetgateError
+from opsctl.state import PRIVATE_FILE
 
 CREDENTIALS_ENV = "FLEETGATE_CREDENTIALS"
 PRIVATE_DIR = 0o700
-PRIVATE_FILE = 0o600
 
 
 class CredentialsError(FleetgateError):

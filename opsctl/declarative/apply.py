@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import FleetgateError
+from opsctl.state import PRIVATE_FILE
 from opsctl.client import AdminClient, path_part
 from opsctl.declarative.plan import Change, Plan, jsonable, kind_name
 from opsctl.declarative.schema import Ident, label
@@ -24,7 +25,6 @@ from opsctl.declarative.state import OWNERSHIP_KINDS, OWNERSHIP_PATH, SERVICE_AC
 APPLIED_PATH = "/admin/v1/config/applied"
 CHANGE_SOURCE_HEADER = "X-Fleetgate-Change-Source"
 SECRET_KINDS = ("key", "service_account")  # created with a secret the gateway shows once
-PRIVATE_FILE = 0o600
 
 
 @dataclass(frozen=True, slots=True)
