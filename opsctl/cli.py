@@ -20,6 +20,7 @@ from opsctl.commands import (
     registry,
     rollout,
     sim,
+    slo,
     stack,
     store,
     tui,
@@ -51,6 +52,7 @@ app.add_typer(sim.app, name="sim")
 app.command("bench")(bench.bench_command)
 app.add_typer(lake.lake_app, name="lake")
 app.add_typer(lake.usage_app, name="usage")
+app.add_typer(slo.slo_app, name="slo")
 app.command("sql")(lake.sql_command)
 app.command("tui")(tui.tui_command)
 app.add_typer(identity.user_app, name="user")

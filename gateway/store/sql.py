@@ -43,6 +43,7 @@ from gateway.store.rows import (
 )
 from gateway.store.sql_audit import AuditStore
 from gateway.store.sql_config import ConfigStore
+from gateway.store.sql_exports import ExportStore
 from gateway.store.sql_identity import IdentityStore
 from gateway.store.sql_rollouts import ReleaseRolloutStore
 
@@ -110,7 +111,7 @@ def _key_changes(changes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class SqlStore(ReleaseRolloutStore, IdentityStore, ConfigStore, AuditStore):
+class SqlStore(ReleaseRolloutStore, IdentityStore, ConfigStore, AuditStore, ExportStore):
     """`Store` over a `Database` adapter; construct with `gateway.store.open_store(url)`.
 
     Releases and rollouts live in the `ReleaseRolloutStore` mixin (gateway/store/sql_rollouts.py), users,

@@ -285,3 +285,7 @@ def sql_command(
         typer.echo(csv_text(table), nl=False)
     else:
         render(_rows(table), Output(format.value))
+
+
+# Commands that live in their own modules register on lake_app when imported (after lake_app exists).
+from opsctl.commands import lake_rollup, lake_status  # noqa: E402,F401
