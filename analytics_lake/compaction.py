@@ -16,8 +16,10 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from analytics_lake import rollup
 from analytics_lake.catalog import MANIFEST, HourPartition, list_hours
 from analytics_lake.errors import LakeError
+from analytics_lake.freshness import record_compaction
 from analytics_lake.location import Lake, LakeConfig, open_lake, part_name
 from analytics_lake.schema import SCHEMA_VERSION, USAGE_SCHEMA
 from analytics_lake.writer import new_seq, write_bytes_atomic, write_parquet_atomic
@@ -83,10 +85,12 @@ def compact_hour(lake: Lake, part: HourPartition) -> dict | None:
     return {"dt": part.dt, "hour": part.hour, "resumed": False, "inputs": len(manifest["inputs"])}
 
 
-def compact(lake: Lake | LakeConfig, before: date | None = None) -> dict:
-    """Compact every hour (with dt < `before`, when given) that has more than one file.
+def compact(lake: Lake | LakeConfig, before: date | None = None, *, rollups: bool = True) -> dict:
+    """Compact every hour (with dt < `before`, when given) that has more than one file, then (with `rollups`)
+    rebuild the rollups the merge made stale.
 
-    Returns a report: hours compacted, files merged, interrupted compactions finished.
+    Returns a report: hours compacted, files merged, interrupted compactions finished, rollup hours built;
+    the same report, with the time, is recorded in `<lake>/_meta/compaction.json` (`freshness.record_compaction`).
     """
     lake = open_lake(lake)
     done = []
@@ -99,11 +103,15 @@ def compact(lake: Lake | LakeConfig, before: date | None = None) -> dict:
             raise LakeError(f"compacting {part.path} failed (safe to rerun): {e}") from e
         if result:
             done.append(result)
-    return {
+    report = {
         "hours_compacted": sum(1 for d in done if not d["resumed"]),
         "hours_resumed": sum(1 for d in done if d["resumed"]),
         "files_merged": sum(d["inputs"] for d in done),
     }
+    if rollups:
+        report["rollup_hours_built"] = rollup.update(lake, _wait=True)["hours_built"]
+    record_compaction(lake, report)  # what `opsctl lake status` shows as the last compaction
+    return report
 
 
 def verify(lake: Lake | LakeConfig) -> dict:

@@ -13,9 +13,10 @@ from datetime import UTC, datetime, timedelta
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from analytics_lake.catalog import effective_files
+from analytics_lake import rollup
 from analytics_lake.errors import LakeError, LakeInputError
 from analytics_lake.location import Lake, LakeConfig, open_lake
 from analytics_lake.report_args import (
@@ -23,20 +24,24 @@ from analytics_lake.report_args import (
     ERRORS_BY,
     LATENCY_BY,
     SPEND_BY,
+    by_names,
     check_range,
     month_range,
     resolve_by,
     since_bound,
     until_bound,
 )
+from analytics_lake.rollup_query import ANALYTICS_DIMENSIONS, RollupReports
 from analytics_lake.schema import USAGE_SCHEMA
 from analytics_lake.sql_guard import check_read_only
 
+# report dimensions the rollups have: reports grouped only by these read rollups for whole hours
+_ROLLUP_BY = frozenset({"org", "key", "model", "day", "environment", "release"})
 _PARTITIONS = pa.schema([("dt", pa.date32()), ("hour", pa.int32())])
 _COST = "CAST(sum(cost_micros) AS DECIMAL(38,0)) * CAST(0.000001 AS DECIMAL(7,6))"
 
 
-class LakeQuery:
+class LakeQuery(RollupReports):
     """Read-only DuckDB session over the lake (not thread-safe: one per thread).
 
     Args:
@@ -55,43 +60,96 @@ class LakeQuery:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._listed_at = 0.0
         self.files: list[str] = []
+        self.rolled_hours = 0
 
     # -- connection -----------------------------------------------------------------------
 
     def refresh(self) -> None:
-        """Re-list the lake and rebuild the `usage` view (new files, finished compactions)."""
+        """Re-list the lake and rebuild the views: `usage` (new files, finished compactions) and the rollup
+        sources the reports read (see analytics_lake.rollup_query)."""
         if self._con is not None:
             self._con.close()
             self._con = None
-        self.files = effective_files(self.lake)
+        current = rollup.state(self.lake)
+        self.files = [f for part in current.hours for f in part.effective_files]
+        self.rolled_hours = len(current.rolled)
+        rolled_files = [f for part in current.hours if (part.dt, part.hour) in current.rolled
+                        for f in part.effective_files]
+        unrolled_files = [f for part in current.hours if (part.dt, part.hour) not in current.rolled
+                          for f in part.effective_files]
         con = duckdb.connect(config={"threads": self._threads} if self._threads else {})
+        con.execute("SET TimeZone = 'UTC'").fetchall()
         scope = ""
         if self.org is not None:
             scope = " WHERE org_id = " + "'" + self.org.replace("'", "''") + "'"
-        if not self.files:
-            empty = pa.schema([*USAGE_SCHEMA, *_PARTITIONS]).empty_table()
-            con.register("_usage_source", empty)
-            con.execute(f"CREATE VIEW usage AS SELECT * FROM _usage_source{scope}").fetchall()
-        elif self.lake.is_local:
-            files = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in self.files) + "]"
-            con.execute(
-                f"CREATE VIEW usage AS SELECT * FROM read_parquet({files}, hive_partitioning=true, "
-                f"hive_types={{'dt': DATE, 'hour': INTEGER}}){scope}"
-            ).fetchall()
-            con.execute("SET allowed_directories=[" + "'" + self.lake.usage_root.replace("'", "''") + "/']").fetchall()
-        else:
-            dataset = ds.dataset(
-                self.files, filesystem=self.lake.fs, format="parquet", schema=pa.schema([*USAGE_SCHEMA, *_PARTITIONS]),
-                partitioning=ds.partitioning(_PARTITIONS, flavor="hive"), partition_base_dir=self.lake.usage_root,
-            )
-            con.register("_usage_source", dataset)
-            con.execute(f"CREATE VIEW usage AS SELECT * FROM _usage_source{scope}").fetchall()
+        self._raw_view(con, "usage", self.files, scope)
+        self._raw_view(con, "_raw_rolled", rolled_files, scope)
+        self._raw_view(con, "_raw_unrolled", unrolled_files, scope)
+        for cube, dims in rollup.CUBES.items():
+            if "org_id" not in dims and self.org is not None:
+                continue  # an org-scoped session reads only cubes it can filter to its org
+            unpacked = [files[cube] for (dt, _), files in current.rolled.items() if dt not in current.packed]
+            packed = [files[cube] for (dt, _), files in current.rolled.items() if dt in current.packed]
+            self._rollup_view(con, f"_roll_{cube}", dims, unpacked, scope)
+            self._rollup_view(con, f"_roll_{cube}_day", dims, [files[cube] for files in current.packed.values()],
+                              scope)
+            self._rollup_view(con, f"_roll_{cube}_packed", dims, packed, scope, hive=f"{rollup.rollup_root(self.lake)}/{cube}")
+        if self.lake.is_local:
+            allowed = [self.lake.usage_root, rollup.rollup_root(self.lake)]
+            con.execute("SET allowed_directories=[" + ", ".join("'" + d.replace("'", "''") + "/'" for d in allowed)
+                        + "]").fetchall()
         con.execute("SET parquet_metadata_cache=true").fetchall()
         con.execute("SET python_enable_replacements=false").fetchall()
         con.execute("SET enable_external_access=false").fetchall()
         con.execute("SET lock_configuration=true").fetchall()
         self._con = con
         self._listed_at = time.monotonic()
+
+    def _raw_view(self, con: duckdb.DuckDBPyConnection, name: str, files: list[str], scope: str) -> None:
+        """A view of the usage columns plus the hive partition columns dt and hour over `files`."""
+        if not files:
+            con.register(f"{name}_source", pa.schema([*USAGE_SCHEMA, *_PARTITIONS]).empty_table())
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM {name}_source{scope}").fetchall()
+        elif self.lake.is_local:
+            listed = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
+            con.execute(
+                f"CREATE VIEW {name} AS SELECT * FROM read_parquet({listed}, hive_partitioning=true, "
+                f"hive_types={{'dt': DATE, 'hour': INTEGER}}){scope}"
+            ).fetchall()
+        else:
+            dataset = ds.dataset(
+                files, filesystem=self.lake.fs, format="parquet", schema=pa.schema([*USAGE_SCHEMA, *_PARTITIONS]),
+                partitioning=ds.partitioning(_PARTITIONS, flavor="hive"), partition_base_dir=self.lake.usage_root,
+            )
+            con.register(f"{name}_source", dataset)
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM {name}_source{scope}").fetchall()
+
+    def _rollup_view(self, con: duckdb.DuckDBPyConnection, name: str, dims: tuple[str, ...], files: list[str],
+                     scope: str, hive: str | None = None) -> None:
+        """A view of rollup rows over `files`; with `hive` (the cube's directory) it also has the partition
+        columns dt and hour, so a filter on dt skips files unopened."""
+        if not files:
+            columns = ", ".join([
+                "CAST(NULL AS TIMESTAMPTZ) AS hour_start", "CAST(NULL AS DATE) AS day",
+                *(f"CAST(NULL AS VARCHAR) AS {d}" for d in dims),
+                *(f"CAST(NULL AS BIGINT) AS {m}" for m in ("requests", "prompt_tokens", "completion_tokens",
+                                                            "cost_micros")),
+                "CAST(NULL AS DOUBLE) AS latency_ms_sum",
+                "CAST(NULL AS STRUCT(b SMALLINT, n BIGINT)[]) AS latency_sketch",
+                "CAST(NULL AS STRUCT(b SMALLINT, n BIGINT)[]) AS ttft_sketch",
+                *(["CAST(NULL AS DATE) AS dt", "CAST(NULL AS INTEGER) AS hour"] if hive else [])])
+            con.execute(f"CREATE VIEW {name} AS SELECT {columns} WHERE false").fetchall()
+        elif self.lake.is_local:
+            listed = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
+            options = ", hive_partitioning=true, hive_types={'dt': DATE, 'hour': INTEGER}" if hive else \
+                ", hive_partitioning=false"
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({listed}{options}){scope}").fetchall()
+        else:
+            partitioning = {}
+            if hive:
+                partitioning = {"partitioning": ds.partitioning(_PARTITIONS, flavor="hive"), "partition_base_dir": hive}
+            con.register(f"{name}_source", ds.dataset(files, filesystem=self.lake.fs, format="parquet", **partitioning))
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM {name}_source{scope}").fetchall()
 
     def close(self) -> None:
         if self._con is not None:
@@ -237,6 +295,11 @@ class LakeQuery:
         `since` is inclusive, `until` exclusive (a bare date as `until` includes that whole day).
         """
         cols = resolve_by(by, SPEND_BY)
+        names = by_names(by)
+        if set(names) <= _ROLLUP_BY:  # whole hours from rollups: the same exact sums, in milliseconds
+            table = self.usage(names, since=since, until=until, org=org)
+            return table.select([*(ANALYTICS_DIMENSIONS[n] for n in names), "requests", "prompt_tokens",
+                                 "completion_tokens", "cost_usd"])
         where, params = self._where(since, org, until=until)
         return self._run(
             f"SELECT {cols}, count(*) AS requests, CAST(sum(prompt_tokens) AS BIGINT) AS prompt_tokens, "
@@ -245,14 +308,20 @@ class LakeQuery:
 
     def latency(self, by: str | Sequence[str] = "model", *, since: datetime | timedelta | str | None = None,
                 org: str | None = None, percentiles: Sequence[float] = (0.5, 0.95, 0.99),
-                ttft: bool = True, until: datetime | timedelta | str | None = None) -> pa.Table:
-        """Exact percentiles (ms) of total latency and, if `ttft`, of time to first token, by model|endpoint|...
+                ttft: bool = True, until: datetime | timedelta | str | None = None, exact: bool = False) -> pa.Table:
+        """Percentiles (ms) of total latency and, if `ttft`, of time to first token, by model|endpoint|...
 
+        Grouped by rollup dimensions (model, org, key, environment, release, day) and not `exact`, they come from
+        the rollups' sketches (within 0.5 % of exact, in milliseconds); else exact, from every raw row.
         Columns: requests, latency_p50_ms, latency_p95_ms, ... (one per percentile), then ttft_p50_ms, ...
         """
         cols = resolve_by(by, LATENCY_BY)
         if not percentiles or any(not 0 < p < 1 for p in percentiles):
             raise LakeInputError(f"percentiles {tuple(percentiles)} are invalid: expected values between 0 and 1")
+        names = by_names(by)
+        if not exact and set(names) <= _ROLLUP_BY:
+            return self.sketch_percentiles(names, percentiles, metrics=("latency", "ttft") if ttft else ("latency",),
+                                           since=since, until=until, org=org)
         metrics = ["latency_ms", "ttft_ms"] if ttft else ["latency_ms"]
         aggs = ", ".join(
             f"quantile_cont({m}, {float(p)!r}) AS {m[:-3]}_p{format(p * 100, 'g').replace('.', '_')}_ms"
@@ -266,6 +335,12 @@ class LakeQuery:
                org: str | None = None, until: datetime | timedelta | str | None = None) -> pa.Table:
         """Requests, errors (status ≥ 400) and error rate grouped by model|error_type|status|endpoint|..."""
         cols = resolve_by(by, ERRORS_BY)
+        names = by_names(by)
+        if set(names) <= _ROLLUP_BY:
+            table = self.usage(names, since=since, until=until, org=org)
+            rate = pc.divide(table.column("errors").cast(pa.float64()), table.column("requests").cast(pa.float64()))
+            return table.select([*(ANALYTICS_DIMENSIONS[n] for n in names), "requests", "errors"]).append_column(
+                "error_rate", rate)
         where, params = self._where(since, org, until=until)
         return self._run(
             f"SELECT {cols}, count(*) AS requests, count(*) FILTER (WHERE status >= 400) AS errors, "

@@ -16,6 +16,7 @@ import pyarrow as pa
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from analytics_lake import rollup
 from analytics_lake.errors import LakeError, LakeInputError
 from analytics_lake.location import Lake, LakeConfig, check_name_part, open_lake
 from analytics_lake.writer import check_event, events_to_table, write_table
@@ -95,6 +96,7 @@ class LakeWriter:
         block_ms: int = 500,
         claim_idle_ms: int = 60_000,
         on_written: Callable[[list[str]], None] | None = None,
+        rollups: bool = False,
     ) -> None:
         self._url = redis_url
         self._lake_config = lake
@@ -106,6 +108,7 @@ class LakeWriter:
         self._block_ms = block_ms
         self._claim_idle_ms = claim_idle_ms
         self._on_written = on_written
+        self._rollups = rollup.Maintainer(lake) if rollups else None  # keeps the hourly rollups current
         self._stop = asyncio.Event()
         self.rows_written = 0
         self.entries_claimed = 0
@@ -136,6 +139,8 @@ class LakeWriter:
                         batch[entry_id] = fields.get(FIELD, b"")
                 if not batch:
                     started = time.monotonic()
+                    if self._rollups is not None and self._rollups.due():  # idle: the last hour closes too
+                        await asyncio.to_thread(self._rollups.run)
                 elif len(batch) >= self._batch_rows or time.monotonic() - started >= self._flush_interval_s:
                     await self._commit(client, lake, batch)
                     batch, started = {}, time.monotonic()
@@ -198,6 +203,8 @@ class LakeWriter:
                 await pipe.execute()
         self.rows_written += table.num_rows
         log.info("lake writer %s: %d rows → %d files", self.consumer, table.num_rows, len(paths))
+        if self._rollups is not None and self._rollups.due():
+            await asyncio.to_thread(self._rollups.run)
 
 
 def _parse(batch: dict[bytes, bytes]) -> tuple[pa.Table, list[bytes]]:

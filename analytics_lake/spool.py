@@ -16,6 +16,7 @@ from pathlib import Path
 import orjson
 import pyarrow as pa
 
+from analytics_lake import rollup
 from analytics_lake.errors import LakeError, SpoolLocked
 from analytics_lake.location import Lake, LakeConfig, check_name_part, open_lake
 from analytics_lake.spool_files import (
@@ -69,6 +70,7 @@ class SpoolSink:
         segment_bytes: int = 64 * 1024 * 1024,
         flush_interval_s: float = 10.0,
         flush_rows: int = 500_000,
+        rollups: bool = False,
     ) -> None:
         self.spool_dir = Path(spool_dir)
         self.writer_id = check_name_part(writer_id, "writer id")
@@ -87,6 +89,8 @@ class SpoolSink:
         self._stop = asyncio.Event()
         self._drain_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
+        # with `rollups`, the flush loop also keeps the lake's hourly rollups current (analytics_lake.rollup)
+        self._rollups = rollup.Maintainer(lake) if rollups else None
         self.report = FlushReport()  # cumulative: segments/rows written to Parquet, partial/rejected lines
         self.emitted = 0
 
@@ -220,6 +224,8 @@ class SpoolSink:
             except (OSError, pa.ArrowException) as e:  # storage trouble: keep the segments, retry soon
                 log.error("spool %s: writing Parquet failed, will retry: %s", self.spool_dir, e)
                 retry = True
+            if self._rollups is not None and not retry and self._rollups.due():
+                await asyncio.to_thread(self._rollups.run)
 
     async def _drain(self) -> None:
         """Convert closed segments in order; each is deleted only after its Parquet is durable."""

@@ -154,13 +154,14 @@ def ndjson_file_to_table(path: str) -> ParsedRows:
         return ndjson_to_table(f.read())
 
 
-def write_parquet_atomic(lake: Lake, path: str, table: pa.Table) -> None:
+def write_parquet_atomic(lake: Lake, path: str, table: pa.Table, *, metadata: Mapping[bytes, bytes] | None = None) -> None:
     """Write `table` so that readers see either nothing or the whole, durable file.
 
     Local: temp name in the same directory, fsync, rename, fsync the directory.
     S3: serialize in memory, then one output stream (the object appears only when complete).
+    `metadata` is the file's schema metadata (default: the usage schema's, with its version).
     """
-    table = table.replace_schema_metadata(USAGE_SCHEMA.metadata)
+    table = table.replace_schema_metadata(USAGE_SCHEMA.metadata if metadata is None else metadata)
     if lake.is_local:
         directory, name = path.rsplit("/", 1)
         os.makedirs(directory, exist_ok=True)

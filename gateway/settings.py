@@ -67,6 +67,7 @@ class Settings:
     registry_ttl_s: int = 120
     usage_sink: str = "spool"
     lake_writer_in_gateway: bool = False  # with usage_sink=redis-stream: each worker also writes Parquet
+    lake_rollups: bool = True  # lake writers keep the hourly rollups current (analytics_lake/rollup.py)
     spool_fsync_ms: int = 200
     spool_segment_bytes: int = 64 * 1024 * 1024
     lake_flush_s: float = 10.0

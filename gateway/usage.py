@@ -33,7 +33,8 @@ def lake_writer(settings: Settings, consumer: str):  # noqa: ANN201 - a LakeWrit
     from analytics_lake.redis_stream import LakeWriter
 
     return LakeWriter(settings.redis_url, lake_config(settings), stream=usage_stream(settings), consumer=consumer,
-                      flush_interval_s=settings.lake_flush_s, batch_rows=settings.lake_flush_rows)
+                      flush_interval_s=settings.lake_flush_s, batch_rows=settings.lake_flush_rows,
+                      rollups=settings.lake_rollups)
 
 
 def spool_dir(settings: Settings, writer_id: str) -> Path:
@@ -56,7 +57,8 @@ def build_sink(settings: Settings, writer_id: str):  # noqa: ANN201 - a UsageSin
 
     return SpoolSink(spool_dir(settings, writer_id), lake_config(settings), writer_id,
                      fsync_ms=settings.spool_fsync_ms, segment_bytes=settings.spool_segment_bytes,
-                     flush_interval_s=settings.lake_flush_s, flush_rows=settings.lake_flush_rows)
+                     flush_interval_s=settings.lake_flush_s, flush_rows=settings.lake_flush_rows,
+                     rollups=settings.lake_rollups)
 
 
 def budget_restorer(settings: Settings, sink: UsageSink | None) -> BudgetRestorer:

@@ -286,6 +286,41 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX config_ownership_owner ON config_ownership (owner, kind)",
         ),
     ),
+    Migration(
+        8,
+        "analytics export jobs (/analytics/v1/exports): leased, retried, surviving restarts",
+        (
+            # org_id NULL: an export of every org (global callers). No foreign key: a job outlives its org.
+            # lease_until: while running, the runner's lease; while queued, the retry back-off.
+            # idempotency_key: a digest of the caller and its Idempotency-Key header (NULLs never collide);
+            # request_hash: a digest of the body it came with (a replay must ask for the same export).
+            """CREATE TABLE export_jobs (
+                id TEXT PRIMARY KEY,
+                org_id TEXT,
+                spec TEXT NOT NULL,
+                status TEXT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                lease_owner TEXT,
+                lease_until TEXT,
+                created_by TEXT NOT NULL,
+                idempotency_key TEXT UNIQUE,
+                request_hash TEXT,
+                created_at TEXT NOT NULL,
+                started_at TEXT,
+                finished_at TEXT,
+                object_path TEXT,
+                row_count BIGINT,
+                request_count BIGINT,
+                cost_micros BIGINT,
+                size_bytes BIGINT,
+                sha256 TEXT,
+                error TEXT
+            )""",
+            "CREATE INDEX export_jobs_claim ON export_jobs (status, lease_until)",
+            "CREATE INDEX export_jobs_org ON export_jobs (org_id, created_at)",
+            "CREATE INDEX export_jobs_created ON export_jobs (created_at)",
+        ),
+    ),
 )
 
 _CREATE_VERSIONS = """CREATE TABLE IF NOT EXISTS schema_migrations (

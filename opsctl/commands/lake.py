@@ -78,7 +78,7 @@ def _rows(table: pa.Table) -> list[dict]:
 
 
 def csv_text(table: pa.Table) -> str:
-    """The CSV of `opsctl sql --format csv` and `opsctl usage export` (the TUI's export writes the same)."""
+    """The CSV of `opsctl sql --format csv` (the TUI's export writes the same)."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
@@ -188,7 +188,7 @@ def writer_command(
     name = consumer or f"writer-{socket.gethostname()}"
     writer = LakeWriter(settings.redis_url, lake_config(settings), stream=stream, group=group, consumer=name,
                         claim_idle_ms=int(claim_idle_s * 1000), flush_interval_s=settings.lake_flush_s,
-                        batch_rows=settings.lake_flush_rows)
+                        batch_rows=settings.lake_flush_rows, rollups=settings.lake_rollups)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -236,25 +236,102 @@ def report_command(
 @usage_app.command("export")
 @lake_errors
 def export_command(
-    month: Annotated[str, typer.Option("--month", help="YYYY-MM")],
-    out: Annotated[Path, typer.Option("--out", help="CSV file to write")],
+    out: Annotated[Path, typer.Option("--out", help="file to write (.csv, .parquet, .sqlite/.db)")],
+    month: Annotated[str | None, typer.Option("--month", help="YYYY-MM (UTC)")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="instead of --month: 30d, YYYY-MM-DD or an ISO "
+                                                              "timestamp (inclusive)")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="with --since: exclusive end (a date includes "
+                                                              "that day); default now")] = None,
     org: OrgOpt = None,
+    format: Annotated[str | None, typer.Option("--format", help="csv | parquet | sqlite (default: from --out's "
+                                                                "suffix, else csv)")] = None,
+    schema: Annotated[str, typer.Option("--schema", help="fleetgate (finance columns) | focus (FinOps FOCUS "
+                                                         "columns)")] = "fleetgate",
+    force: Annotated[bool, typer.Option("--force", help="replace --out if it exists")] = False,
     config: ConfigOpt = None,
     output: OutputOpt = Output.table,
     gateway: GatewayOpt = None,
     admin_token: TokenOpt = None,
 ) -> None:
-    """One CSV row per org × day × model: requests, tokens, exact cost in USD."""
+    """Spend per org × day × key × model × environment, exact to the micro-dollar (docs/exports.md).
+
+    The file appears under --out only when complete (written to a temporary file beside it, then renamed).
+    """
+    import dataclasses
+
+    from analytics_lake.exports import SUFFIX_FORMATS, spec_from_args
     from analytics_lake.query import LakeQuery
 
-    org = resolve_org(org, gateway, admin_token, config)
-    with LakeQuery(_lake(config), org=org) as lake:
-        table = lake.export_month(month, org=org)
+    # Everything typed is checked before the org lookup (a network call) and before any file is made.
+    fmt = format if format is not None else SUFFIX_FORMATS.get(out.suffix.lower(), "csv")
+    spec = spec_from_args(month=month, since=since, until=until, org=org, format=fmt, schema=schema)
+    if out.is_dir():
+        raise CliError(f"--out {out} is a directory: give a file name, e.g. {out / spec.filename()}")
+    if not force and (out.exists() or out.is_symlink()):
+        raise CliError(f"--out {out} already exists: pass --force to replace it")
+    spec = dataclasses.replace(spec, org=resolve_org(org, gateway, admin_token, config))
+    with LakeQuery(_lake(config), org=spec.org) as lake:
+        result = _write_then_rename(lake, spec, out, force=force)
+    summary = {"out": str(out), "format": spec.format, "schema": spec.schema, "org": spec.org,
+               "since": spec.as_dict()["start"], "until": spec.as_dict()["end"], **result.as_dict()}
+    if output is Output.json:
+        render(summary, output)
+    else:
+        typer.echo(f"wrote {result.rows} rows ({result.requests} requests, {result.cost_usd} USD) to {out}")
+
+
+def _write_then_rename(lake: Any, spec: Any, out: Path, *, force: bool) -> Any:
+    """write_export into a temporary file in --out's directory, then rename it to --out (never a partial file
+    under the final name; without --force, a file that appeared meanwhile is not replaced either)."""
+    import errno
+    import os
+    import tempfile
+
+    from analytics_lake.exports import write_export
+    from analytics_lake.writer import fsync_dir
+
+    directory = out.parent
     try:
-        out.write_text(csv_text(table))
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=directory)
     except OSError as e:
         raise CliError(f"cannot write {out}: {e.strerror}", EXIT_FAILED) from e
-    render({"month": month, "rows": table.num_rows, "out": str(out)}, output)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        result = write_export(lake, spec, tmp)
+        os.chmod(tmp, _new_file_mode(out))  # mkstemp made it private; a plain file is what was asked for
+        if force:
+            os.replace(tmp, out)
+        else:
+            try:
+                os.link(tmp, out)  # fails if --out appeared meanwhile: no silent overwrite
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
+                if out.exists():  # a filesystem without hard links: check, then rename
+                    raise FileExistsError(errno.EEXIST, "exists") from e
+                os.replace(tmp, out)
+        fsync_dir(str(directory))
+        return result
+    except OSError as e:
+        if e.errno == errno.EEXIST:
+            raise CliError(f"--out {out} already exists: pass --force to replace it") from e
+        raise CliError(f"cannot write {out}: {e.strerror or e}", EXIT_FAILED) from e
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _new_file_mode(out: Path) -> int:
+    """The mode of the file being replaced, else what open() would give a new file (0666 less the umask)."""
+    import os
+    import stat
+
+    try:
+        return stat.S_IMODE(out.stat().st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 # -- opsctl sql -------------------------------------------------------------------------------

@@ -12,9 +12,9 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opsctl.deploy import ENVIRONMENTS
 from opsctl.rollout.source import (
@@ -29,6 +29,9 @@ from opsctl.rollout.source import (
     type_name,
     yaml_value,
 )
+
+if TYPE_CHECKING:
+    from analytics_lake.slo import SloBook
 
 KINDS = ("canary", "blue-green", "promote", "rollback")
 TRAFFIC_KINDS = ("canary", "blue-green", "promote")  # kinds that deploy a new release and shift traffic to it
@@ -62,6 +65,10 @@ class Gates:
     max_p95_latency_ratio: float | None = 1.5  # new p95 ≤ ratio × stable p95 + latency_slack_ms
     latency_slack_ms: float = 50.0
     max_p95_ttft_ratio: float | None = 1.5  # same for TTFT (+ latency_slack_ms)
+    tolerated_errors: int = 0  # max_error_rate passes with this many errors whatever their rate (tiny windows)
+    max_p95_latency_ms: float | None = None  # new p95 latency ≤ this (absolute; from the SLO's latency threshold)
+    # Where SLO-derived gates came from (gate → "slo.toml: availability 99.9 % …"); see slo_gates.
+    sources: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,21 +155,27 @@ class Playbook:
 
 # Gate field → check; each returns the normalized value.
 def _gate_check(name: str, value: Any, src: Source, keypath: KeyPath) -> Any:
-    optional = name in ("max_error_rate_increase", "max_p95_latency_ratio", "max_p95_ttft_ratio")
+    from opsctl.rollout.slo_gates import SLO, SLO_GATES
+
+    optional = name in ("max_error_rate_increase", "max_p95_latency_ratio", "max_p95_ttft_ratio", "max_p95_latency_ms")
     if value is None and optional:
         return None
-    if name == "min_requests":
+    if name in SLO_GATES and isinstance(value, str):
+        if value != SLO:
+            raise src.error(keypath, f"expected a number or {SLO} (from the SLO of the model), got {value!r}")
+        return SLO
+    if name in ("min_requests", "tolerated_errors"):
         return integer(value, src, keypath, 0)
     if name in ("interval_s", "timeout_s"):
         return number(value, src, keypath, 0, above=True)
     if name in ("max_error_rate", "max_error_rate_increase"):
         return number(value, src, keypath, 0, 1)
-    if name in ("max_p95_latency_ratio", "max_p95_ttft_ratio"):
+    if name in ("max_p95_latency_ratio", "max_p95_ttft_ratio", "max_p95_latency_ms"):
         return number(value, src, keypath, 0, above=True)
     return number(value, src, keypath, 0)  # latency_slack_ms
 
 
-GATE_FIELDS = tuple(f.name for f in fields(Gates))
+GATE_FIELDS = tuple(f.name for f in fields(Gates) if f.name != "sources")  # what a playbook may set
 
 
 def _gates(raw: Any, src: Source, keypath: KeyPath, base: Gates) -> Gates:
@@ -470,7 +483,8 @@ def _nth(names: Sequence[str], name: str, n: int) -> int:
 
 # --- loading ----------------------------------------------------------------------------------------------------
 
-def load_playbook(path: Path, sets: Sequence[str] = (), *, params: Mapping[str, Any] = {}) -> Playbook:  # noqa: B006
+def load_playbook(path: Path, sets: Sequence[str] = (), *, params: Mapping[str, Any] = {},  # noqa: B006
+                  slos: SloBook | None = None) -> Playbook:
     """Read, resolve and check a playbook.
 
     Args:
@@ -478,6 +492,9 @@ def load_playbook(path: Path, sets: Sequence[str] = (), *, params: Mapping[str, 
         sets: --set items: NAME=V (a declared param), values.A.B=V (YAML-typed), analysis.FIELD=V (every gate).
         params: values from the CLI's own flags (model, env, version, deployer, …), applied before `sets`;
             None means "not given". Params the playbook does not declare are kept as given.
+        slos: the SLO targets (opsctl passes its own). Given, the gates the playbook leaves out that an SLO can
+            set (max_error_rate, max_p95_latency_ms) come from the SLO of the model and environment; None, they
+            keep Gates' defaults. A gate set to "slo" comes from the SLO either way (None: the built-in targets).
 
     Raises:
         PlaybookError: anything wrong, naming the file, the line and the field.
@@ -490,10 +507,13 @@ def load_playbook(path: Path, sets: Sequence[str] = (), *, params: Mapping[str, 
     except (OSError, UnicodeDecodeError) as e:
         raise PlaybookError(f"cannot read the playbook: {e}", path=path) from e
     src = Source(path)
-    return _build(parse(text, src), src, sets, params)
+    return _build(parse(text, src), src, sets, params, slos)
 
 
-def _build(doc: dict[str, Any], src: Source, sets: Sequence[str], cli_params: Mapping[str, Any]) -> Playbook:
+def _build(doc: dict[str, Any], src: Source, sets: Sequence[str], cli_params: Mapping[str, Any],
+           slos: SloBook | None = None) -> Playbook:
+    from opsctl.rollout.slo_gates import initial, resolve
+
     mapping(doc, src, (), TOP_KEYS)
     if "kind" not in doc:
         raise src.error((), f"missing kind (one of {', '.join(KINDS)})", field="kind")
@@ -511,7 +531,7 @@ def _build(doc: dict[str, Any], src: Source, sets: Sequence[str], cli_params: Ma
     description = string(body.get("description", ""), src, ("description",))
     readiness = integer(body.get("readiness_timeout_s", 300), src, ("readiness_timeout_s",), 1)
     values = copy.deepcopy(_mapping_of_any(body.get("values"), src, ("values",)))
-    gates = _gates(body.get("analysis"), src, ("analysis",), Gates())
+    gates = _gates(body.get("analysis"), src, ("analysis",), initial(Gates(), from_slo=slos is not None))
     raw_steps = body.get("steps")
     if not isinstance(raw_steps, list) or not raw_steps:
         raise src.error(("steps",), "expected a non-empty list of steps", field="steps")
@@ -524,6 +544,9 @@ def _build(doc: dict[str, Any], src: Source, sets: Sequence[str], cli_params: Ma
     if sets_split.analysis:
         gates = replace(gates, **sets_split.analysis)
         steps = [_override_gates(s, sets_split.analysis) for s in steps]
+    model, env = str(params["model"]), str(params["to"] if kind == "promote" else params["env"])
+    gates = resolve(gates, slos, model, env)
+    steps = [s if s.gates is None else replace(s, gates=resolve(s.gates, slos, model, env)) for s in steps]
     return Playbook(path=src.path, kind=kind, description=description, params=params, values=values,
                     readiness_timeout_s=readiness, steps=tuple(steps), gates=gates)
 

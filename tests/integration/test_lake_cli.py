@@ -66,7 +66,7 @@ def test_sql_and_reports(cli, lake, tmp_path):
     assert result.exit_code == 0 and json.loads(result.output) == []  # every row is later than the range
     out = tmp_path / "jan.csv"
     result = cli("usage", "export", "--month", "2026-01", "--out", str(out))
-    assert result.exit_code == 0 and out.read_text().startswith('"org_id","day","model"')
+    assert result.exit_code == 0 and out.read_text().startswith('"period_start","period_end","day","org_id"')
     assert cli("lake", "verify").exit_code == 0
     assert cli("lake", "compact").exit_code == 0
 

@@ -40,7 +40,7 @@ def test_compaction_merges_each_hour_and_removes_duplicates(lake):
     before = verify(config)
     assert before["duplicate_request_ids"] == 10 and not before["ok"]
     report = compact(config)
-    assert report == {"hours_compacted": 2, "hours_resumed": 0, "files_merged": 8}
+    assert report == {"hours_compacted": 2, "hours_resumed": 0, "files_merged": 8, "rollup_hours_built": 2}
     after = verify(config)
     assert after["ok"] and after["files"] == 2 and after["rows"] == 120
     assert _count(config) == (120, 120)
