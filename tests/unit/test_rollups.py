@@ -308,3 +308,23 @@ def test_sketch_math():
         assert abs(sketch.quantile(counts, q) - want) / want <= sketch.ALPHA + 1e-9
     with pytest.raises(ValueError):
         sketch.quantile(counts, 1.0)
+
+
+async def test_the_spool_flush_keeps_rollups_current(tmp_path):
+    from analytics_lake.spool import SpoolSink
+    from tests.support import eventually
+
+    config = LakeConfig(f"file://{tmp_path}/lake")
+    sink = SpoolSink(tmp_path / "spool" / "w1", config, "w1", flush_interval_s=0.1, rollups=True)
+    await sink.start()
+    try:
+        for event in _events(300, span_h=2):  # two closed hours
+            await sink.emit(event)
+
+        async def rolled() -> bool:
+            return rollup.status(config)["rolled_up"] == 2
+        await eventually(rolled, timeout=20, what="the flush loop's rollup of two closed hours")
+    finally:
+        await sink.close()
+    with LakeQuery(config) as q:
+        assert _rolled(q, ["org", "hour"]) == _raw(q, ["org", "hour"])
