@@ -144,6 +144,14 @@ class LakeWriter:
                 elif len(batch) >= self._batch_rows or time.monotonic() - started >= self._flush_interval_s:
                     await self._commit(client, lake, batch)
                     batch, started = {}, time.monotonic()
+            # stop() asked: also write what was added before it (the loop may have been busy with rollups)
+            while entries := await self._read(client, b">", block=False):
+                for entry_id, fields in entries:
+                    if fields and entry_id not in batch:
+                        batch[entry_id] = fields.get(FIELD, b"")
+                if len(batch) >= self._batch_rows:
+                    await self._commit(client, lake, batch)
+                    batch = {}
             if batch:
                 await self._commit(client, lake, batch)
         finally:
@@ -174,11 +182,11 @@ class LakeWriter:
             log.warning("lake writer %s: claimed %d entries of a dead writer", self.consumer, len(out))
         return out
 
-    async def _read(self, client: aioredis.Redis, start: bytes) -> list[tuple[bytes, dict]]:
-        """`>`: new entries (blocking up to block_ms); an id: our own pending entries after it."""
-        block = self._block_ms if start == b">" else None
+    async def _read(self, client: aioredis.Redis, start: bytes, *, block: bool = True) -> list[tuple[bytes, dict]]:
+        """`>`: new entries (waiting up to block_ms, with `block`); an id: our own pending entries after it."""
+        block_ms = self._block_ms if start == b">" and block else None
         reply = await client.xreadgroup(self.group, self.consumer, {self.stream: start},
-                                        count=self._batch_rows, block=block)
+                                        count=self._batch_rows, block=block_ms)
         return list(reply[0][1]) if reply else []
 
     async def _commit(self, client: aioredis.Redis, lake: Lake, batch: dict[bytes, bytes]) -> None:

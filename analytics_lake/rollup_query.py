@@ -350,7 +350,7 @@ class RollupReports:
                "c.requests - c.n4xx - c.n429 - c.n499 AS eligible, c.n5xx AS server_errors, c.n2xx AS ok, "
                f"CAST(coalesce(s.slow, 0) AS BIGINT) AS slow FROM c LEFT JOIN s ON {on}"
                + (f" ORDER BY {', '.join(f'c.{col}' for col in cols)}" if cols else ""))
-        return self._run(sql, [*count_params, *slow_params, float(latency_threshold_ms)])
+        return self._run(sql, [*count_params, float(latency_threshold_ms), *slow_params])
 
     def sketch_percentiles(self, group_by: Sequence[str], percentiles: Sequence[float], *, metrics: Sequence[str],
                            since: datetime | timedelta | str | None = None,

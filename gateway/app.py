@@ -22,6 +22,7 @@ from analytics_lake.errors import LakeError
 from analytics_lake.sink import UsageSink
 from gateway import appkeys
 from gateway.admin.access import access_middleware
+from gateway.analytics.envelope import analytics_middleware
 from gateway.auth.admin_auth import AdminAuthenticator
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.signing import RedisNonces
@@ -159,7 +160,9 @@ def create_app(
         worker_id: names this process's usage spool and metrics.
         background: run health probes and periodic registry refresh.
     """
-    app = web.Application(middlewares=[edge_middleware, access_middleware], client_max_size=settings.max_body_bytes)
+    # The analytics middleware wraps the access check, so that its refusals carry the lake's freshness too.
+    app = web.Application(middlewares=[edge_middleware, analytics_middleware, access_middleware],
+                          client_max_size=settings.max_body_bytes)
     app[appkeys.SETTINGS] = settings
     app[appkeys.METRICS] = Metrics()
     app[appkeys.ACCESS_LOG] = AccessLog(fmt=settings.log_format) if settings.access_log else None

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from gateway import appkeys
 from gateway.admin import setup_admin
+from gateway.analytics import routes as analytics
 from gateway.http import status
 from gateway.http.openapi import openapi
 from gateway.proxy.models import list_models, retrieve_model
@@ -35,4 +36,5 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/v1/status/readyz", status.readyz)
     r.add_get("/metrics", status.metrics)
     setup_admin(app)
+    analytics.setup(app)
     r.add_get("/openapi.json", openapi)

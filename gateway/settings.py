@@ -94,6 +94,14 @@ class Settings:
     # trimmed to about audit_stream_maxlen entries; see docs/audit.md.
     audit_stream: str = "audit"
     audit_stream_maxlen: int = 100_000
+    # SLO targets (TOML, docs/slo.md) for `opsctl slo` and rollout gates; unset: the built-in ones, which equal
+    # helm/observability/slo.toml.
+    slo_file: str | None = None
+    # Analytics export jobs (docs/analytics-api.md): each gateway process runs them (export_runner), holding a
+    # job's lease export_lease_s and renewing it while it works; download links live export_link_ttl_s.
+    export_runner: bool = True
+    export_lease_s: float = 60.0
+    export_link_ttl_s: int = 3600
 
     def __post_init__(self) -> None:
         for name, allowed in _CHOICES.items():
@@ -121,6 +129,7 @@ class Settings:
                               "expected a non-negative number (auth_negative_ttl_s below 3600)")
         self._check_oauth()
         self._check_audit_stream()
+        self._check_exports()
         if self.spool_fsync_ms < 0 or self.redis_timeout_ms < 1:
             raise ConfigError("setting spool_fsync_ms/redis_timeout_ms is invalid: expected a non-negative number")
         if not self.database_url:
@@ -157,6 +166,13 @@ class Settings:
         if not 1 <= self.audit_stream_maxlen <= 100_000_000:
             raise ConfigError(f"setting audit_stream_maxlen={self.audit_stream_maxlen!r} is invalid: "
                               "expected 1 to 100000000")
+
+    def _check_exports(self) -> None:
+        if not 1 <= self.export_lease_s <= 3600:  # also refuses NaN
+            raise ConfigError(f"setting export_lease_s={self.export_lease_s!r} is invalid: expected 1 to 3600")
+        if not 1 <= self.export_link_ttl_s <= 7 * 86400:  # SigV4 pre-signed URLs live at most 7 days
+            raise ConfigError(f"setting export_link_ttl_s={self.export_link_ttl_s!r} is invalid: "
+                              "expected 1 to 604800 (7 days)")
 
     @property
     def audit_stream_key(self) -> str | None:

@@ -1,8 +1,8 @@
-"""Who may call which admin route: one table of (method, route) → required role and org scope.
+"""Who may call which admin or analytics route: one table of (method, route) → required role and org scope.
 
-Every route under `/admin/` must have a rule here: the middleware refuses a route without one
-(fail closed), and tests/integration/test_role_matrix.py walks the whole table with real tokens
-of every role, so a new route without a rule fails the suite.
+Every route under `/admin/` and `/analytics/` must have a rule here (or be one of the few PUBLIC_ROUTES):
+the middleware refuses a route without one (fail closed), and tests/integration/test_role_matrix.py walks
+the whole table with real tokens of every role, so a new route without a rule fails the suite.
 
 Scopes:
 - `global`: only a global principal (no org) may call it: fleet-wide changes (registry, rollouts).
@@ -10,7 +10,8 @@ Scopes:
   with `check_org`, and list handlers filter with `org_scope`.
 - `any`: any principal with the role, whatever its org: fleet-wide reads (registry, fleet view).
 
-`api_keys=True` lets an inference API key read the route as a viewer of its own org (usage reports).
+`api_keys=True` lets an inference API key read the route as a viewer of its own org (usage reports,
+the analytics API).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from gateway.auth.principal import Principal
 from gateway.errors import PermissionDenied
 
 SCOPES = ("global", "org", "any")
+PROTECTED_PREFIXES = ("/admin/", "/analytics/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,11 +115,29 @@ RULES: dict[tuple[str, str], Rule] = {
     ("PATCH", "/admin/v1/api-keys/{key_id}"): _r("operator", "org"),
     ("DELETE", "/admin/v1/budgets/{budget_id}"): _r("admin", "org"),
     ("DELETE", "/admin/v1/organizations/{org}"): _r("admin", "global"),
+    # analytics API (issue 13): org-scoped like the usage reports; an API key reads and exports its own org's
+    ("GET", "/analytics/v1/usage"): _r("viewer", "org", api_keys=True),
+    ("GET", "/analytics/v1/reliability"): _r("viewer", "org", api_keys=True),
+    ("POST", "/analytics/v1/exports"): _r("viewer", "org", api_keys=True),  # an export is a read, audited
+    ("GET", "/analytics/v1/exports"): _r("viewer", "org", api_keys=True),
+    ("GET", "/analytics/v1/exports/{job_id}"): _r("viewer", "org", api_keys=True),
+    ("GET", "/analytics/v1/exports/{job_id}/download"): _r("viewer", "org", api_keys=True),
 }
+# Routes under the protected prefixes that need no credential: probes, and signed download links (the
+# signature in the URL is the credential; gateway/analytics/presign.py).
+PUBLIC_ROUTES: frozenset[tuple[str, str]] = frozenset({
+    ("GET", "/analytics/v1/status/healthz"),
+    ("GET", "/analytics/v1/status/readyz"),
+    ("GET", "/analytics/v1/exports/{job_id}/file"),
+})
 
 
 def rule_for(method: str, route: str) -> Rule | None:
     return RULES.get(("GET" if method == "HEAD" else method, route))
+
+
+def is_public(method: str, route: str) -> bool:
+    return ("GET" if method == "HEAD" else method, route) in PUBLIC_ROUTES
 
 
 def principal(request: web.Request) -> Principal:
@@ -163,7 +183,7 @@ def admin_route(request: web.Request) -> str | None:
     if resource is None:
         return None
     route = resource.canonical
-    return route if route.startswith("/admin/") else None
+    return route if route.startswith(PROTECTED_PREFIXES) else None
 
 
 async def whoami(request: web.Request) -> web.Response:
@@ -179,16 +199,16 @@ def setup(app: web.Application) -> None:
 
 @web.middleware
 async def access_middleware(request: web.Request, handler):  # noqa: ANN001, ANN201 - aiohttp signature
-    """Authenticate and authorize every admin route, and check its change-source header; other paths pass
-    straight through (one prefix test on the inference path)."""
-    if not request.path.startswith("/admin/"):
+    """Authenticate and authorize every admin and analytics route, and check its change-source header; other
+    paths pass straight through (one prefix test on the inference path)."""
+    if not request.path.startswith(PROTECTED_PREFIXES):
         return await handler(request)
     route = admin_route(request)
-    if route is None:  # 404 / 405 from the router: let it answer
+    if route is None or is_public(request.method, route):  # the router's 404 / 405, or a public route
         return await handler(request)
     rule = rule_for(request.method, route)
     if rule is None:
-        raise PermissionDenied("This admin route has no access rule, so nobody may call it.", code="no_access_rule")
+        raise PermissionDenied("This route has no access rule, so nobody may call it.", code="no_access_rule")
     header = request.headers.get("Authorization", "")
     if rule.api_keys and header.partition(" ")[2].strip().startswith("sk-"):
         info = await request.app[appkeys.AUTH].authenticate(header)

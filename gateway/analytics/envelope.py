@@ -107,7 +107,7 @@ def _jsonable(value: Any) -> Any:
 def reply(request: web.Request, data: dict[str, Any], status: int = 200,
           headers: dict[str, str] | None = None) -> web.Response:
     """A JSON object with the request's freshness added (the middleware adds the headers)."""
-    body = {**data, "freshness": request[FRESHNESS]}
+    body = {**data, "freshness": request.get(FRESHNESS) or unknown_freshness()}
     return web.Response(body=orjson.dumps(body, default=_jsonable, option=orjson.OPT_NON_STR_KEYS),
                         status=status, content_type="application/json", headers=headers)
 

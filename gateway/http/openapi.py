@@ -29,13 +29,15 @@ OAUTH2_ERROR_SCHEMA = {
 def _tag(path: str) -> str:
     if path.startswith("/admin/"):
         return "admin"
+    if path.startswith("/analytics/"):
+        return "analytics"
     if path.startswith("/oauth2/"):
         return "oauth2"
     return "status" if "status" in path or path == "/metrics" else "inference"
 
 
 def build_spec(app: web.Application, version: str) -> dict[str, Any]:
-    from gateway.admin.access import rule_for
+    from gateway.admin.access import is_public, rule_for
 
     paths: dict[str, dict[str, Any]] = {}
     for route in app.router.routes():
@@ -51,7 +53,7 @@ def build_spec(app: web.Application, version: str) -> dict[str, Any]:
                  {"description": "OpenAI-shaped error", "content": {"application/json": {"schema": ERROR_SCHEMA}}})
         operation: dict[str, Any] = {"summary": doc, "tags": [tag],
                                      "responses": {"200": {"description": "OK"}, "default": error}}
-        rule = rule_for(route.method, path) if tag == "admin" else None
+        rule = rule_for(route.method, path) if tag in ("admin", "analytics") else None
         if rule is not None:
             operation["description"] = f"Needs the {rule.role} role ({rule.scope} scope; docs/access-control.md)."
         params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
@@ -60,13 +62,13 @@ def build_spec(app: web.Application, version: str) -> dict[str, Any]:
             operation["parameters"] = params
         if route.method in ("POST", "PUT", "PATCH"):
             operation["requestBody"] = {"content": {"application/json": {"schema": {"type": "object"}}}}
-        if tag in ("admin", "inference"):
+        if tag in ("admin", "inference") or (tag == "analytics" and not is_public(route.method, path)):
             operation["security"] = [{"bearer": []}]
         paths.setdefault(path, {})[route.method.lower()] = operation
     return {
         "openapi": "3.1.0",
         "info": {"title": "Fleetgate gateway", "version": version,
-                 "description": "OpenAI-compatible inference plus the Fleetgate admin API."},
+                 "description": "OpenAI-compatible inference plus the Fleetgate admin and analytics APIs."},
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "paths": dict(sorted(paths.items())),
     }

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.store.models import (
     AdminToken,
@@ -31,6 +31,9 @@ from gateway.store.models import (
     SigningKey,
     User,
 )
+
+if TYPE_CHECKING:
+    from gateway.store.sql_exports import ExportJob  # the export jobs' record lives with their SQL
 
 
 class Store(Protocol):
@@ -303,3 +306,21 @@ class Store(Protocol):
     ) -> OwnershipChange:
         """Make the (kind, object_id, name) triples exactly what `owner` owns; objects another owner holds are
         a Conflict (owned_by_another_config) naming them unless `adopt`."""
+
+    # analytics export jobs (gateway/store/sql_exports.py: leases, attempts, idempotency)
+    async def create_export(self, job_id: str, *, org_id: str | None, spec: dict[str, Any], created_by: str,
+                            idempotency_key: str | None = None, request_hash: str | None = None,
+                            max_active: int | None = None) -> tuple[ExportJob, bool]:
+        """Queue a job; (the job, whether it is new). Conflict: idempotency_key_reused, too_many_exports."""
+    async def get_export(self, job_id: str) -> ExportJob: ...
+    async def list_exports(self, *, org_id: str | None = None, all_orgs: bool = False, status: str | None = None,
+                           limit: int = 100, before: tuple[datetime, str] | None = None) -> list[ExportJob]:
+        """Newest first, paged by (created_at, id)."""
+    async def claim_export(self, owner: str, *, lease_s: float, max_attempts: int) -> ExportJob | None:
+        """Atomically take the oldest queued (or lease-expired) job; None when there is none."""
+    async def renew_export(self, job_id: str, owner: str, *, lease_s: float) -> bool: ...
+    async def finish_export(self, job_id: str, owner: str, *, object_path: str, rows: int, requests: int,
+                            cost_micros: int, size_bytes: int, sha256: str) -> ExportJob | None: ...
+    async def fail_export(self, job_id: str, owner: str, error: str, *,
+                          retry_after_s: float | None = None) -> ExportJob | None: ...
+    async def release_export(self, job_id: str, owner: str) -> bool: ...

@@ -10,8 +10,8 @@ from typing import Any
 
 import typer
 
-from opsctl.common import ConfigOpt, Output, OutputOpt, decimal_text, load_cli_settings, render
 from opsctl.commands.lake import lake_app, lake_errors
+from opsctl.common import ConfigOpt, Output, OutputOpt, decimal_text, load_cli_settings, render
 
 _STALE_SHOWN = 5  # stale hours listed by name in the table view; json has them all
 

@@ -100,10 +100,12 @@ def _finish(result: Result) -> None:
         raise typer.Exit(result.exit_code)
 
 
-def _load(path: Path, sets: list[str] | None, **params: Any) -> Playbook:
+def _load(path: Path, sets: list[str] | None, config: str | None = None, **params: Any) -> Playbook:
+    """The playbook, its SLO gates from the SLO targets (`opsctl slo`: --config's slo_file, else built in)."""
+    from opsctl.commands.slo import slo_book
     from opsctl.rollout.playbook import load_playbook
 
-    return load_playbook(path, sets or (), params=params)
+    return load_playbook(path, sets or (), params=params, slos=slo_book(config))
 
 
 def _default(kind: str) -> Path:
@@ -157,7 +159,8 @@ def rollout_start(
     from opsctl.deploy import check_environment
 
     check_environment(env)
-    book = _load(playbook or _default("canary"), set_, model=model, env=env, version=version, deployer=deployer)
+    book = _load(playbook or _default("canary"), set_, config, model=model, env=env, version=version,
+                 deployer=deployer)
     if book.kind not in ("canary", "blue-green"):
         fail(f"rollout start runs canary and blue-green playbooks; {book.path} is a {book.kind} playbook "
              f"(use opsctl playbook run)")
@@ -277,7 +280,7 @@ def promote_command(
     check_environment(source)
     check_environment(target)
     require_approval(target, approve)  # before anything is touched
-    book = _load(playbook or _default("promote"), set_, model=model, deployer=deployer, approve=approve,
+    book = _load(playbook or _default("promote"), set_, config, model=model, deployer=deployer, approve=approve,
                  **{"from": source, "to": target})
     where = Where(gateway, admin_token, config, deployer, kube_context, namespace, kubeconfig, state_dir)
     _run_promote(book, where, output)
@@ -334,7 +337,7 @@ def playbook_run(
     """Run a canary, blue-green, promote or rollback playbook (params with --set NAME=VALUE)."""
     from opsctl.rollout.playbook import plan, summary
 
-    book = _load(file, set_, deployer=deployer)
+    book = _load(file, set_, config, deployer=deployer)
     if dry_run:
         if output is Output.json:
             render({"summary": summary(book), "plan": plan(book), "spec": book.to_spec()}, output)

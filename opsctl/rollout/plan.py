@@ -24,12 +24,24 @@ def summary_line(playbook: Playbook) -> str:
 
 
 def describe_gates(gates: Gates) -> str:
-    """The gates in words, e.g. "error rate ≤ 2%, p95 latency ≤ 1.5× stable + 50 ms"."""
+    """The gates in words, e.g. "error rate ≤ 2%, p95 latency ≤ 1.5× stable + 50 ms"; a gate taken from the SLO
+    says so: "p95 latency ≤ 10000 ms (from slo.toml: latency 99 % ≤ 10000 ms)"."""
+    sources = gates.sources
     parts = [f"error rate ≤ {_pct(gates.max_error_rate)}"]
     if gates.max_error_rate_increase is not None:
         parts[0] += f" and ≤ stable + {_pct(gates.max_error_rate_increase)}"
+    if gates.tolerated_errors:
+        parts[0] += f", {gates.tolerated_errors} error{'s' if gates.tolerated_errors > 1 else ''} tolerated"
+    if "max_error_rate" in sources:
+        parts[0] += f" (from {sources['max_error_rate']})"
+    latency = []
     if gates.max_p95_latency_ratio is not None:
-        parts.append(f"p95 latency ≤ {gates.max_p95_latency_ratio:g}× stable + {gates.latency_slack_ms:g} ms")
+        latency.append(f"≤ {gates.max_p95_latency_ratio:g}× stable + {gates.latency_slack_ms:g} ms")
+    if gates.max_p95_latency_ms is not None:
+        latency.append(f"≤ {gates.max_p95_latency_ms:g} ms"
+                       + (f" (from {sources['max_p95_latency_ms']})" if "max_p95_latency_ms" in sources else ""))
+    if latency:
+        parts.append("p95 latency " + " and ".join(latency))
     if gates.max_p95_ttft_ratio is not None:
         parts.append(f"p95 TTFT ≤ {gates.max_p95_ttft_ratio:g}× stable + {gates.latency_slack_ms:g} ms")
     return ", ".join(parts)

@@ -39,10 +39,10 @@ T0 = int(JAN_1.timestamp() * 1_000_000)
 FEB_1 = int(datetime(2026, 2, 1, tzinfo=UTC).timestamp() * 1_000_000)
 
 
-def january(org_a: str, org_b: str) -> list[dict]:
-    """Two orgs over three days of January, and one event on each side of the month (not exported)."""
+def january(org_a: str, org_b: str, *, hours: int = 72) -> list[dict]:
+    """Two orgs over the first `hours` of January, and one event on each side of the month (not exported)."""
     rng = random.Random(5)
-    out = [make_event(T0 + (i % 72) * HOUR_US + i, org=(org_a, org_b)[i % 3 == 0], key=f"k{i % 4}",
+    out = [make_event(T0 + (i % hours) * HOUR_US + i, org=(org_a, org_b)[i % 3 == 0], key=f"k{i % 4}",
                       model=("m1", "m2")[i % 2], status=(200, 200, 500, 429)[i % 4], rng=rng) for i in range(150)]
     out.append(make_event(T0 - 1, org=org_a, rng=rng))
     out.append(make_event(FEB_1, org=org_a, rng=rng))
@@ -81,9 +81,9 @@ def csv_totals(data: bytes) -> tuple[int, int]:
     return sum(int(r["requests"]) for r in rows), sum(int(r["cost_micros"]) for r in rows)
 
 
-async def setup_fleet(gw: Gateway) -> tuple[dict, dict, list[dict]]:
+async def setup_fleet(gw: Gateway, *, hours: int = 72) -> tuple[dict, dict, list[dict]]:
     a, b = await gw.create_org("org-a"), await gw.create_org("org-b")
-    events = january(a["id"], b["id"])
+    events = january(a["id"], b["id"], hours=hours)
     await asyncio.to_thread(write_batch, lake_config(gw.app[appkeys.SETTINGS]), events)
     return a, b, events
 
@@ -231,7 +231,7 @@ async def test_export_to_s3_is_a_presigned_url_a_plain_get_downloads(tmp_path, s
     settings = gateway_settings(tmp_path, lake_url=f"s3://{s3_bucket}/fleet", s3_endpoint=s3_server.endpoint,
                                 s3_access_key="test", s3_secret_key="test")
     async with running_gateway(settings) as gw:
-        _, _, events = await setup_fleet(gw)
+        _, _, events = await setup_fleet(gw, hours=4)  # an S3 PUT per hour: few hours keep it quick
         r = await gw.admin.post("/analytics/v1/exports", json={"month": "2026-01", "format": "sqlite",
                                                                "schema": "focus"})
         assert r.status_code == 202, r.text

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from gateway.admin.access import RULES, Rule
+from gateway.admin.access import PROTECTED_PREFIXES, PUBLIC_ROUTES, RULES, Rule
 from gateway.app import create_app
 from gateway.auth.principal import ROLE_RANK
 from tests.fleet import gateway_settings, running_gateway
@@ -38,9 +38,11 @@ VALID_BODIES: dict[tuple[str, str], dict] = {
 
 
 def admin_routes() -> set[tuple[str, str]]:
+    """Every admin and analytics route but the public ones (probes, signed download links)."""
     app = create_app(gateway_settings(__import__("pathlib").Path("/nonexistent")))
     return {(r.method, r.resource.canonical) for r in app.router.routes()
-            if r.resource is not None and r.resource.canonical.startswith("/admin/") and r.method != "HEAD"}
+            if r.resource is not None and r.resource.canonical.startswith(PROTECTED_PREFIXES) and r.method != "HEAD"
+            } - PUBLIC_ROUTES
 
 
 def test_every_admin_route_has_exactly_one_rule():
@@ -56,10 +58,12 @@ def test_every_admin_route_has_exactly_one_rule():
 # service accounts, budgets, signing keys and the declarative config's records.
 WRITE_ROLE = {"organizations": "admin", "users": "admin", "service-accounts": "admin", "budgets": "admin",
               "oauth2": "admin", "config": "admin", "api-keys": "operator", "models": "operator",
-              "endpoints": "operator", "releases": "operator", "rollouts": "operator", "usage": "operator"}
+              "endpoints": "operator", "releases": "operator", "rollouts": "operator", "usage": "operator",
+              "exports": "viewer"}  # an analytics export is a read of what the caller may already read
 ADMIN_ONLY_READS = {"service-accounts", "config"}  # client ids and what each config owns
 # Objects that belong to one org: an org principal may act on its own. The rest is fleet-wide.
-ORG_FAMILIES = {"organizations", "users", "service-accounts", "budgets", "api-keys", "audit", "usage"}
+ORG_FAMILIES = {"organizations", "users", "service-accounts", "budgets", "api-keys", "audit", "usage",
+                "reliability", "exports"}
 GLOBAL_ONLY = {("POST", "/admin/v1/organizations"), ("DELETE", "/admin/v1/organizations/{org}"),
                ("POST", "/admin/v1/usage/flush"), ("GET", "/admin/v1/events")}
 
@@ -131,12 +135,15 @@ class Fleet:
         assert r.status_code == 201, r.text
         user_id = r.json()["id"]
         token = await self.token(user_id)
+        export = await admin.post("/analytics/v1/exports", json={"org": "acme", "month": "2026-01"})
+        assert export.status_code == 202, export.text
         r = await admin.post("/admin/v1/service-accounts", json={"name": "acme-ci", "role": "operator", "org": "acme"})
         assert r.status_code == 201, r.text
         self.values = {
             "org": "acme", "key_id": key["id"], "budget_id": budget_id, "env": model.get("environment", "production"),
             "name": "m1", "endpoint_id": endpoints[0]["id"], "revision": "1", "rollout_id": "ro_0000000000000000",
             "kind": "spend", "user": user_id, "token_id": token["id"], "sa": r.json()["id"],
+            "job_id": export.json()["id"],
         }
 
     async def token(self, user: str, **body) -> dict:

@@ -201,6 +201,13 @@ def test_slow_requests_are_counted_from_the_sketch(lake):
         assert g["ok"] == row["ok"]
         # a value within 0.5 % of the threshold may land on either side of it
         assert abs(g["slow"] - row["slow"]) <= 0.01 * row["ok"]
+    with LakeQuery(lake) as q:  # a range with partial hours: raw rows and rollups together
+        ranged = q.sli_counts(2000, ["model"], since="2026-01-05T21:30:00", until="2026-01-06T01:15:00").to_pylist()
+        exact = q.sql("SELECT model, count(*) FILTER (WHERE status < 400) AS ok, count(*) FILTER (WHERE status >= 500) "
+                      "AS server_errors FROM usage WHERE ts >= TIMESTAMPTZ '2026-01-05T21:30:00+00' AND "
+                      "ts < TIMESTAMPTZ '2026-01-06T01:15:00+00' GROUP BY ALL ORDER BY ALL").to_pylist()
+    assert [(r["model"], r["ok"], r["server_errors"]) for r in ranged] == \
+        [(r["model"], r["ok"], r["server_errors"]) for r in exact]
     with pytest.raises(ReportArgumentError):
         LakeQuery(lake).sli_counts(0)
 

@@ -25,7 +25,7 @@ STATUS_STYLES = {"running": "bold cyan", "aborting": "bold yellow", "succeeded":
 PERCENT_GATES = ("max_error_rate", "max_error_rate_increase")
 GATE_LABELS = {"min_requests": "min requests", "max_error_rate": "error rate",
                "max_error_rate_increase": "error rate vs stable", "max_p95_latency_ratio": "p95 latency",
-               "max_p95_ttft_ratio": "p95 TTFT"}
+               "max_p95_ttft_ratio": "p95 TTFT", "max_p95_latency_ms": "p95 latency (SLO)"}
 LOG_LINES = 8
 
 
