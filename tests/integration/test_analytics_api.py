@@ -29,8 +29,10 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 NOW = datetime.now(UTC).replace(microsecond=0)
 HOUR = timedelta(hours=1)
 # The seeded events are before NOW; the ones written during the paging test after LATER, so the exact
-# answers below (over [3 days ago, LATER)) hold in any test order.
-LATER = NOW + timedelta(minutes=10)
+# answers below (over [3 days ago, LATER)) hold in any test order. NOW is taken at collection: LATER leaves
+# hours for a slow suite to reach the paging test, whose pinned `until` (the time of its first page) must be
+# before LATER.
+LATER = NOW + timedelta(hours=6)
 ALL = {"since": "3d", "until": LATER.isoformat()}
 STATUSES = (200, 200, 200, 200, 200, 200, 400, 429, 499, 500, 503)
 MEASURES = ("requests", "errors", "server_errors", "prompt_tokens", "completion_tokens", "cost_micros", "cost_usd")

@@ -175,6 +175,9 @@ async def test_every_admin_mutation_is_audited_once_with_before_and_after(gw):
     await m(("POST", "/admin/v1/config/applied"), "/admin/v1/config/applied",
             {"owner": "fleet", "summary": {"added": 1, "changed": 0, "removed": 0}}, action="config.apply",
             created=True)
+    export = await m(("POST", "/analytics/v1/exports"), "/analytics/v1/exports",
+                     {"org": "acme", "since": "2026-01-01", "until": "2026-01-02"}, action="export.create", created=True)
+    assert export["entry"]["org_id"] == org_id and export["entry"]["target"] == export["response"]["id"]
     await gw.create_org("gone")
     m.count += 1
     await m(("DELETE", "/admin/v1/organizations/{org}"), "/admin/v1/organizations/gone", action="org.delete",
