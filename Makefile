@@ -31,7 +31,7 @@ test-vllm: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.gateway --workers 2 --limits
-	$(PY) -m benchmarks.lake --rows 10000000 --s3 --out-md docs/benchmarks.md
+	$(PY) -m benchmarks.lake --rows 10000000 --rows-large 100000000 --out-md docs/benchmarks.md
 	$(PY) -m benchmarks.shadow --rounds 5 --duration 15
 	$(PY) -m benchmarks.rollout
 	$(PY) -m benchmarks.tui --out-md docs/benchmarks.md

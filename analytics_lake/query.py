@@ -189,7 +189,9 @@ class LakeQuery(RollupReports):
             QueryRefused: not a single SELECT/WITH/EXPLAIN/DESCRIBE/SUMMARIZE over `usage`.
             LakeInputError: the query is invalid (syntax, unknown column, ...).
         """
-        return self._run(check_read_only(query))
+        if self._con is None or time.monotonic() - self._listed_at > self._max_age_s:
+            self.refresh()
+        return self._run(check_read_only(query, con=self._con))  # parsed on the session: no new connection
 
     # -- reports --------------------------------------------------------------------------
 

@@ -102,7 +102,7 @@ def since_bound(since: datetime | timedelta | str | None) -> datetime | None:
         if not timedelta(0) <= since <= MAX_DURATION:
             raise ReportArgumentError("since", f"since {since} is invalid: expected at most {MAX_DURATION.days}d")
         return datetime.now(UTC) - since
-    return since if since.tzinfo else since.replace(tzinfo=UTC)
+    return since.astimezone(UTC) if since.tzinfo else since.replace(tzinfo=UTC)  # UTC: partitions are UTC days
 
 
 def parse_until(text: str, now: datetime | None = None) -> datetime:
@@ -130,7 +130,7 @@ def until_bound(until: datetime | timedelta | str | None) -> datetime | None:
         if not timedelta(0) <= until <= MAX_DURATION:
             raise ReportArgumentError("until", f"until {until} is invalid: expected at most {MAX_DURATION.days}d")
         return datetime.now(UTC) - until
-    return until if until.tzinfo else until.replace(tzinfo=UTC)
+    return until.astimezone(UTC) if until.tzinfo else until.replace(tzinfo=UTC)
 
 
 def check_range(since: datetime | None, until: datetime | None) -> None:

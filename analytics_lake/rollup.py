@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
@@ -47,6 +48,7 @@ ROLLUP_DIR = "rollups"
 ROLLUP_VERSION = 1
 GRACE_S = 120.0  # an hour is rolled up once it ended this long ago (late spool flushes land first)
 PREFIX = "r-"
+HOUR_US = 3_600_000_000
 DAY_PREFIX = "day-"
 _DAY_DIR = re.compile(r"dt=\d{4}-\d{2}-\d{2}", re.ASCII)
 
@@ -236,22 +238,24 @@ def build_day(lake: Lake, day: str, hours: dict[int, dict[str, str]], fp: str,
     return written
 
 
-def build_hour(lake: Lake, part: HourPartition, con: duckdb.DuckDBPyConnection) -> tuple[dict[str, str], int]:
-    """Write every cube's rollup of one hour; returns ({cube: path}, raw rows read).
+def build_hours(lake: Lake, parts: list[HourPartition], con: duckdb.DuckDBPyConnection
+                ) -> dict[tuple[str, int], tuple[dict[str, str], int]]:
+    """Write every cube's rollup of each hour in `parts` (one batch of queries for all of them: DuckDB's cost per
+    statement dominates an hour's work); returns (dt, hour) → ({cube: path}, raw rows read).
 
     Files of other fingerprints are left for `update` to remove once the new ones exist."""
-    fp = fingerprint(part)
-    files = part.effective_files
+    files = [f for part in parts for f in part.effective_files]
     src = _source(con, lake, files)
-    # Only an hour with several files can hold a duplicate (a re-delivered batch); one file is already unique.
-    dedup = " QUALIFY row_number() OVER (PARTITION BY request_id ORDER BY ts) = 1" if len(files) > 1 else ""
+    # Only an hour with several files can hold a duplicate (a re-delivered batch); duplicates share their hour.
+    dedup = (" QUALIFY row_number() OVER (PARTITION BY request_id ORDER BY ts) = 1"
+             if any(len(part.effective_files) > 1 for part in parts) else "")
     con.execute(
-        "CREATE OR REPLACE TEMP TABLE _base AS SELECT org_id, key_id, model, environment, release, "
-        f"{STATUS_CLASS_SQL} AS status_class, prompt_tokens, completion_tokens, cost_micros, latency_ms, ttft_ms "
-        f"FROM {src}{dedup}"
+        f"CREATE OR REPLACE TEMP TABLE _base AS SELECT epoch_us(ts) // {HOUR_US} AS h, org_id, key_id, model, "
+        f"environment, release, {STATUS_CLASS_SQL} AS status_class, prompt_tokens, completion_tokens, cost_micros, "
+        f"latency_ms, ttft_ms FROM {src}{dedup}"
     ).fetchall()
-    rows = con.execute("SELECT count(*) FROM _base").fetchall()[0][0]
-    finest = ", ".join(FINEST)
+    rows = dict(con.execute("SELECT h, count(*) FROM _base GROUP BY h").fetchall())
+    finest = ", ".join(("h", *FINEST))
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE _pl AS SELECT {finest}, {bucket_sql('latency_ms')} AS lb, count(*) AS n, "
         "sum(prompt_tokens) AS pt, sum(completion_tokens) AS ct, sum(cost_micros) AS c, sum(latency_ms) AS ls "
@@ -259,22 +263,32 @@ def build_hour(lake: Lake, part: HourPartition, con: duckdb.DuckDBPyConnection) 
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE _pt AS SELECT {finest}, {bucket_sql('ttft_ms')} AS tb, count(*) AS n "
         "FROM _base WHERE ttft_ms IS NOT NULL GROUP BY ALL").fetchall()
-    start = hour_start(part.dt, part.hour)
-    metadata = {b"fleetgate.rollup_version": str(ROLLUP_VERSION).encode(), b"fleetgate.rollup_fingerprint": fp.encode(),
-                b"fleetgate.rollup_rows_from": ",".join(f.rsplit("/", 1)[1] for f in files).encode()}
-    written = {}
-    for cube, dims in CUBES.items():
-        table = con.sql(f"SELECT CAST($1 AS TIMESTAMPTZ) AS hour_start, CAST($2 AS DATE) AS day, * "
-                        f"FROM ({cube_sql(dims)})", params=[start, part.dt]).to_arrow_table()
-        path = f"{rollup_root(lake)}/{cube}/dt={part.dt}/hour={part.hour:02d}/{PREFIX}{fp}.parquet"
-        if lake.is_local:
-            os.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        write_parquet_atomic(lake, path, table, metadata=metadata)
-        written[cube] = path
+    tables = {
+        cube: con.sql(f"SELECT make_timestamptz(h * {HOUR_US}) AS hour_start, "
+                      f"CAST(make_timestamptz(h * {HOUR_US}) AT TIME ZONE 'UTC' AS DATE) AS day, * "
+                      f"FROM ({cube_sql(('h', *dims))})").to_arrow_table()
+        for cube, dims in CUBES.items()
+    }
     con.execute("DROP TABLE _base; DROP TABLE _pl; DROP TABLE _pt").fetchall()
     if not lake.is_local:
         con.unregister("_raw_hour")
-    return written, rows
+    out = {}
+    for part in parts:
+        key = int(hour_start(part.dt, part.hour).timestamp()) // 3600
+        fp = fingerprint(part)
+        metadata = {b"fleetgate.rollup_version": str(ROLLUP_VERSION).encode(),
+                    b"fleetgate.rollup_fingerprint": fp.encode(),
+                    b"fleetgate.rollup_rows_from": ",".join(f.rsplit("/", 1)[1] for f in part.effective_files).encode()}
+        written = {}
+        for cube, table in tables.items():
+            rows_of_hour = table.filter(pc.equal(table.column("h"), key)).drop_columns(["h"])
+            path = f"{rollup_root(lake)}/{cube}/dt={part.dt}/hour={part.hour:02d}/{PREFIX}{fp}.parquet"
+            if lake.is_local:
+                os.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            write_parquet_atomic(lake, path, rows_of_hour, metadata=metadata)
+            written[cube] = path
+        out[(part.dt, part.hour)] = (written, int(rows.get(key, 0)))
+    return out
 
 
 def _delete(lake: Lake, paths: list[str]) -> int:
@@ -341,15 +355,19 @@ def _update_locked(lake: Lake, now: datetime, max_hours: int | None) -> dict:
     stale: list[str] = []
     con = duckdb.connect()
     try:
-        for part in todo:
+        batches: dict[str, list[HourPartition]] = {}
+        for part in todo:  # one batch per day: bounded memory, and few statements per hour
+            batches.setdefault(part.dt, []).append(part)
+        for dt, parts in batches.items():
             try:
-                written, hour_rows = build_hour(lake, part, con)
+                done = build_hours(lake, parts, con)
             except (OSError, duckdb.Error, pa.ArrowException) as e:
-                raise LakeError(f"building the rollups of dt={part.dt}/hour={part.hour:02d} failed "
-                                f"(safe to rerun): {str(e).splitlines()[0]}") from e
-            built += 1
-            rows += hour_rows
-            current.rolled[(part.dt, part.hour)] = written
+                raise LakeError(f"building the rollups of {dt} failed (safe to rerun): "
+                                f"{str(e).splitlines()[0]}") from e
+            for key, (written, hour_rows) in done.items():
+                built += 1
+                rows += hour_rows
+                current.rolled[key] = written
     finally:
         con.close()
     days_built = _build_days(lake, current, now, con_factory=duckdb.connect)

@@ -154,11 +154,17 @@ class RollupReports:
         where = " WHERE " + " AND ".join(raw_conds) if raw_conds else ""
         parts.append(_Part(f"SELECT {select(raw_dims, raw_select)} FROM _raw_unrolled{where}{group}",
                            [*range_params, *values]))
-        if whole:  # the partial hours at the edges of the range, of rolled-up hours
+        # The partial hours at the edges of the range, of rolled-up hours: at most the hour of an unaligned `since`
+        # and that of an unaligned `until`. Naming them (dt, hour) prunes every other raw file unopened.
+        edges = sorted({_hour_floor(m) for m, whole_edge in ((bound, first), (end, last))
+                        if m is not None and m != whole_edge})
+        if whole and edges:
             edge = "NOT (" + " AND ".join(c.format(t="ts") for c in whole) + ")"
-            conds = [*raw_conds, edge]
+            hours = "(" + " OR ".join(["(dt = CAST(? AS DATE) AND hour = ?)"] * len(edges)) + ")"
+            conds = [*raw_conds, edge, hours]
             parts.append(_Part(f"SELECT {select(raw_dims, raw_select)} FROM _raw_rolled WHERE {' AND '.join(conds)}"
-                               f"{group}", [*range_params, *values, *whole_params]))
+                               f"{group}", [*range_params, *values, *whole_params,
+                                            *(v for h in edges for v in (h.date().isoformat(), h.hour))]))
         return parts
 
     @staticmethod
