@@ -75,6 +75,17 @@ def _hour_ceil(moment: datetime) -> datetime:
     return floor if floor == moment else floor + timedelta(hours=1)
 
 
+def _bounded(*bounds: tuple[str, list[object]] | None) -> tuple[list[str], list[object]]:
+    """The conditions and parameters of the bounds that are set: each bound is (SQL with ?, its values) or None."""
+    conds: list[str] = []
+    params: list[object] = []
+    for bound in bounds:
+        if bound:
+            conds.append(bound[0])
+            params += bound[1]
+    return conds, params
+
+
 @dataclass(frozen=True, slots=True)
 class _Part:
     """One source of a report: SQL text selecting from a relation, with its own parameters."""
@@ -121,24 +132,12 @@ class RollupReports:
         roll_filter = [f"{_ROLL_EXPR[n]} = ?" for n in filters]
         raw_filter = [f"{_RAW_EXPR[n]} = ?" for n in filters]
         values = list(filters.values())
-        range_where: list[str] = []
-        range_params: list[object] = []
-        if bound is not None:
-            range_where += ["dt >= CAST(? AS DATE)", "ts >= ?"]
-            range_params += [bound.date().isoformat(), bound]
-        if end is not None:
-            range_where += ["dt <= CAST(? AS DATE)", "ts < ?"]
-            range_params += [end.date().isoformat(), end]
+        range_where, range_params = _bounded(
+            bound and ("dt >= CAST(? AS DATE) AND ts >= ?", [bound.date().isoformat(), bound]),
+            end and ("dt <= CAST(? AS DATE) AND ts < ?", [end.date().isoformat(), end]))
         first = _hour_ceil(bound) if bound is not None else None  # whole hours: [first, last)
         last = _hour_floor(end) if end is not None else None
-        whole: list[str] = []
-        whole_params: list[object] = []
-        if first is not None:
-            whole.append("{t} >= ?")
-            whole_params.append(first)
-        if last is not None:
-            whole.append("{t} < ?")
-            whole_params.append(last)
+        whole, whole_params = _bounded(first and ("{t} >= ?", [first]), last and ("{t} < ?", [last]))
         group = f" GROUP BY {', '.join(str(i + 1) for i in range(len(names)))}" if raw_group and names else ""
 
         def select(dims: str, measures: str) -> str:
@@ -179,13 +178,7 @@ class RollupReports:
         """
         day_first = (first if first.hour == 0 else first.replace(hour=0) + timedelta(days=1)) if first else None
         day_last = last.replace(hour=0) if last else None
-        hours, hour_params = [], []
-        if first is not None:
-            hours.append("hour_start >= ?")
-            hour_params.append(first)
-        if last is not None:
-            hours.append("hour_start < ?")
-            hour_params.append(last)
+        hours, hour_params = _bounded(first and ("hour_start >= ?", [first]), last and ("hour_start < ?", [last]))
         parts = []
 
         def part(source: str, conds: list[str], params: list[object]) -> _Part:
@@ -193,33 +186,19 @@ class RollupReports:
             return _Part(f"SELECT {select} FROM {source}{where}", [*params, *values])
 
         whole_days = packs and (day_first is None or day_last is None or day_first < day_last)
-        days, day_params = [], []
         if whole_days:
-            if day_first is not None:
-                days.append("day >= CAST(? AS DATE)")
-                day_params.append(day_first.date().isoformat())
-            if day_last is not None:
-                days.append("day < CAST(? AS DATE)")
-                day_params.append(day_last.date().isoformat())
+            days, day_params = _bounded(day_first and ("day >= CAST(? AS DATE)", [day_first.date().isoformat()]),
+                                        day_last and ("day < CAST(? AS DATE)", [day_last.date().isoformat()]))
             parts.append(part(f"_roll_{cube}_day", days, day_params))
         parts.append(part(f"_roll_{cube}", hours, hour_params))
         if first is not None or last is not None or not whole_days:  # packed days' hour files outside whole days
-            prune, prune_params = [], []
-            if whole_days:
-                outside = []
-                if day_first is not None:
-                    outside.append("dt < CAST(? AS DATE)")
-                    prune_params.append(day_first.date().isoformat())
-                if day_last is not None:
-                    outside.append("dt >= CAST(? AS DATE)")
-                    prune_params.append(day_last.date().isoformat())
-                prune.append("(" + " OR ".join(outside) + ")")
-            if first is not None:
-                prune.append("dt >= CAST(? AS DATE)")
-                prune_params.append(first.date().isoformat())
-            if last is not None:
-                prune.append("dt <= CAST(? AS DATE)")
-                prune_params.append(last.date().isoformat())
+            prune, prune_params = _bounded(first and ("dt >= CAST(? AS DATE)", [first.date().isoformat()]),
+                                           last and ("dt <= CAST(? AS DATE)", [last.date().isoformat()]))
+            if whole_days:  # only the days outside [day_first, day_last)
+                outside, outside_params = _bounded(
+                    day_first and ("dt < CAST(? AS DATE)", [day_first.date().isoformat()]),
+                    day_last and ("dt >= CAST(? AS DATE)", [day_last.date().isoformat()]))
+                prune, prune_params = ["(" + " OR ".join(outside) + ")", *prune], [*outside_params, *prune_params]
             parts.append(part(f"_roll_{cube}_packed", [*prune, *hours], [*prune_params, *hour_params]))
         return parts
 
