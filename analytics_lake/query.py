@@ -61,6 +61,10 @@ class LakeQuery(RollupReports):
         self._listed_at = 0.0
         self.files: list[str] = []
         self.rolled_hours = 0
+        self._scope = ""
+        self._rolled_raw: dict[tuple[str, int], list[str]] = {}
+        self._packed_hours: dict[str, dict[str, list[str]]] = {}
+        self._file_sources: dict[tuple[str, ...], str] = {}
 
     # -- connection -----------------------------------------------------------------------
 
@@ -73,8 +77,14 @@ class LakeQuery(RollupReports):
         current = rollup.state(self.lake)
         self.files = [f for part in current.hours for f in part.effective_files]
         self.rolled_hours = len(current.rolled)
-        rolled_files = [f for part in current.hours if (part.dt, part.hour) in current.rolled
-                        for f in part.effective_files]
+        self._rolled_raw = {(part.dt, part.hour): part.effective_files for part in current.hours
+                            if (part.dt, part.hour) in current.rolled}
+        self._packed_hours = {cube: {} for cube in rollup.CUBES}
+        for (dt, _), files in current.rolled.items():
+            if dt in current.packed:
+                for cube, path in files.items():
+                    self._packed_hours[cube].setdefault(dt, []).append(path)
+        self._file_sources = {}
         unrolled_files = [f for part in current.hours if (part.dt, part.hour) not in current.rolled
                           for f in part.effective_files]
         con = duckdb.connect(config={"threads": self._threads} if self._threads else {})
@@ -83,7 +93,6 @@ class LakeQuery(RollupReports):
         if self.org is not None:
             scope = " WHERE org_id = " + "'" + self.org.replace("'", "''") + "'"
         self._raw_view(con, "usage", self.files, scope)
-        self._raw_view(con, "_raw_rolled", rolled_files, scope)
         self._raw_view(con, "_raw_unrolled", unrolled_files, scope)
         for cube, dims in rollup.CUBES.items():
             if "org_id" not in dims and self.org is not None:
@@ -103,7 +112,32 @@ class LakeQuery(RollupReports):
         con.execute("SET enable_external_access=false").fetchall()
         con.execute("SET lock_configuration=true").fetchall()
         self._con = con
+        self._scope = scope
         self._listed_at = time.monotonic()
+
+    def _fresh(self) -> None:
+        """Refresh if the listing is older than max_age_s (reports plan from it, then query)."""
+        if self._con is None or time.monotonic() - self._listed_at > self._max_age_s:
+            self.refresh()
+
+    def _files_source(self, files: list[str], hive_base: str) -> str:
+        """A relation over these files by name (`hive_base`: their partition root under the lake, e.g. "usage"),
+        for the few hours at a range's edges: cheaper than pruning a view over every file of the lake."""
+        assert self._con is not None
+        if self.lake.is_local:
+            listed = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
+            return (f"(SELECT * FROM read_parquet({listed}, hive_partitioning=true, "
+                    f"hive_types={{'dt': DATE, 'hour': INTEGER}}){self._scope})")
+        key = tuple(files)
+        name = self._file_sources.get(key)
+        if name is None:
+            name = self._file_sources[key] = f"_files_{len(self._file_sources)}"
+            schema = pa.schema([*USAGE_SCHEMA, *_PARTITIONS]) if hive_base == "usage" else None
+            self._con.register(name, ds.dataset(
+                files, filesystem=self.lake.fs, format="parquet", schema=schema,
+                partitioning=ds.partitioning(_PARTITIONS, flavor="hive"),
+                partition_base_dir=f"{self.lake.base}/{hive_base}"))
+        return f"(SELECT * FROM {name}{self._scope})"
 
     def _raw_view(self, con: duckdb.DuckDBPyConnection, name: str, files: list[str], scope: str) -> None:
         """A view of the usage columns plus the hive partition columns dt and hour over `files`."""

@@ -3,7 +3,8 @@
 `LakeQuery.refresh` lists the lake and registers, besides the `usage` view, these sources:
 - `_roll_<cube>`: the current rollup files of every rolled-up hour (see analytics_lake.rollup);
 - `_raw_unrolled`: the raw files of the hours without a current rollup (the current hour, late or stale hours);
-- `_raw_rolled`: the raw files of the rolled-up hours, read only for the partial hours at a range's edges.
+- the raw files of the partial hours at a range's edges, and the hour files of the packed days at its edges, are
+  read by name (`LakeQuery._files_source`).
 
 A report over [since, until) takes whole rolled-up hours from the smallest cube that has every dimension it groups
 or filters by, and everything else from raw rows, so counts and sums are exact whatever is rolled up; quantiles
@@ -92,6 +93,7 @@ class _Part:
 
     sql: str
     params: list[object]
+    raw: bool = False  # reads raw rows (else rollup rows)
 
 
 class RollupReports:
@@ -99,7 +101,17 @@ class RollupReports:
 
     org: str | None
 
+    # set by LakeQuery.refresh: the raw files of each rolled-up hour, and each cube's hour files per packed day
+    _rolled_raw: dict[tuple[str, int], list[str]]
+    _packed_hours: dict[str, dict[str, list[str]]]
+
     def _run(self, sql: str, params: Sequence[object] = ()) -> pa.Table:  # pragma: no cover - LakeQuery's
+        raise NotImplementedError
+
+    def _files_source(self, files: list[str], hive_base: str) -> str:  # pragma: no cover - LakeQuery's
+        raise NotImplementedError
+
+    def _fresh(self) -> None:  # pragma: no cover - LakeQuery's
         raise NotImplementedError
 
     # -- planning -------------------------------------------------------------------------
@@ -124,6 +136,7 @@ class RollupReports:
         """
         bound, end = since_bound(since), until_bound(until)
         check_range(bound, end)
+        self._fresh()  # plan from the same listing the query reads
         filters = dict(filters)
         if org is not None:
             filters["org"] = org
@@ -152,22 +165,21 @@ class RollupReports:
         raw_conds = range_where + raw_filter + ([raw_where] if raw_where else [])
         where = " WHERE " + " AND ".join(raw_conds) if raw_conds else ""
         parts.append(_Part(f"SELECT {select(raw_dims, raw_select)} FROM _raw_unrolled{where}{group}",
-                           [*range_params, *values]))
+                           [*range_params, *values], raw=True))
         # The partial hours at the edges of the range, of rolled-up hours: at most the hour of an unaligned `since`
         # and that of an unaligned `until`. Naming them (dt, hour) prunes every other raw file unopened.
         edges = sorted({_hour_floor(m) for m, whole_edge in ((bound, first), (end, last))
                         if m is not None and m != whole_edge})
-        if whole and edges:
+        files = [f for h in edges for f in self._rolled_raw.get((h.date().isoformat(), h.hour), [])]
+        if whole and files:  # read by name: a view over every file would match 744 paths a month to prune them
             edge = "NOT (" + " AND ".join(c.format(t="ts") for c in whole) + ")"
-            hours = "(" + " OR ".join(["(dt = CAST(? AS DATE) AND hour = ?)"] * len(edges)) + ")"
-            conds = [*raw_conds, edge, hours]
-            parts.append(_Part(f"SELECT {select(raw_dims, raw_select)} FROM _raw_rolled WHERE {' AND '.join(conds)}"
-                               f"{group}", [*range_params, *values, *whole_params,
-                                            *(v for h in edges for v in (h.date().isoformat(), h.hour))]))
+            source = self._files_source(files, "usage")
+            parts.append(_Part(f"SELECT {select(raw_dims, raw_select)} FROM {source} WHERE "
+                               f"{' AND '.join([*raw_conds, edge])}{group}", [*range_params, *values, *whole_params],
+                               raw=True))
         return parts
 
-    @staticmethod
-    def _roll_parts(cube: str, select: str, first: datetime | None, last: datetime | None, extra: list[str],
+    def _roll_parts(self, cube: str, select: str, first: datetime | None, last: datetime | None, extra: list[str],
                     values: list[object], *, packs: bool) -> list[_Part]:
         """Whole hours [first, last) from rollups: whole days from day packs, other hours from hour files.
 
@@ -199,7 +211,17 @@ class RollupReports:
                     day_first and ("dt < CAST(? AS DATE)", [day_first.date().isoformat()]),
                     day_last and ("dt >= CAST(? AS DATE)", [day_last.date().isoformat()]))
                 prune, prune_params = ["(" + " OR ".join(outside) + ")", *prune], [*outside_params, *prune_params]
-            parts.append(part(f"_roll_{cube}_packed", [*prune, *hours], [*prune_params, *hour_params]))
+            if whole_days:  # at most two edge days: name their hour files (see the raw edges in `_parts`)
+                packed = self._packed_hours.get(cube, {})
+                days = [d for d in packed if (first is not None and first.date().isoformat() <= d
+                                              < day_first.date().isoformat())
+                        or (last is not None and day_last.date().isoformat() <= d <= last.date().isoformat())]
+                files = [f for d in sorted(days) for f in packed[d]]
+                if files:
+                    parts.append(part(self._files_source(files, f"rollups/{cube}"), [*prune, *hours],
+                                      [*prune_params, *hour_params]))
+            else:
+                parts.append(part(f"_roll_{cube}_packed", [*prune, *hours], [*prune_params, *hour_params]))
         return parts
 
     @staticmethod
@@ -253,7 +275,7 @@ class RollupReports:
                             raw_select=f"{{'b': {bucket_sql(column)}, 'n': CAST(count(*) AS BIGINT)}} AS e",
                             raw_group=False, roll_where=roll_where, raw_where=raw_where)
         group = ", ".join([*map(str, range(1, len(names) + 1)), bucket_sql(column)])
-        parts = [_Part(f"{p.sql} GROUP BY {group}", p.params) if "FROM _raw_" in p.sql else p for p in parts]
+        parts = [_Part(f"{p.sql} GROUP BY {group}", p.params, raw=True) if p.raw else p for p in parts]
         body, params = self._union(parts)
         cols = [ANALYTICS_DIMENSIONS[n] for n in names]
         dims = "".join(f"{c}, " for c in cols)
@@ -272,7 +294,7 @@ class RollupReports:
         """Requests per status class per group, as columns."""
         parts = self._parts(names, filters, since, until, org, roll_select="status_class AS sc, requests AS n",
                             raw_select=f"{STATUS_CLASS_SQL} AS sc, count(*) AS n", raw_group=False)
-        parts = [_Part(f"{p.sql} GROUP BY ALL", p.params) if "FROM _raw_" in p.sql else p for p in parts]
+        parts = [_Part(f"{p.sql} GROUP BY ALL", p.params, raw=True) if p.raw else p for p in parts]
         body, params = self._union(parts)
         cols = [ANALYTICS_DIMENSIONS[n] for n in names]
         per_class = ", ".join(f"CAST(coalesce(sum(n) FILTER (WHERE sc = '{c}'), 0) AS BIGINT) AS n{c}"
