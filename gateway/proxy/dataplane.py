@@ -475,7 +475,7 @@ class DataPlane:
         event = {
             "request_id": call.request_id, "ts": call.ts_us, "org_id": info.org.id, "key_id": info.key.id,
             "user_id": call.user, "model": call.model, "served_model": route.model.name if route else None,
-            "environment": route.model.environment if route else None,
+            "environment": environment or None,  # also for requests no endpoint served (503s count in SLOs)
             "endpoint": state.endpoint.url if state else None, "release": state.endpoint.release if state else None,
             "status": call.status, "error_type": call.error_type, "stream": call.stream,
             "prompt_tokens": call.prompt_tokens if billed else 0, "completion_tokens": call.completion_tokens,
