@@ -132,8 +132,8 @@ def lake_freshness(lake: Lake | LakeConfig, *, now: datetime | None = None) -> d
     lake = open_lake(lake)
     moment = _now(now)
     try:
-        newest = _relisted(lake, lambda hours: newest_event(lake, hours))
-        rollup_lag = rollup.status(lake, now=moment)["lag_s"]
+        newest, hours = _relisted(lake, lambda listed: (newest_event(lake, listed), listed))
+        rollup_lag = rollup.status(lake, now=moment, hours=hours)["lag_s"]  # one listing of usage/ for both
     except (OSError, pa.ArrowException) as e:
         raise LakeError(f"reading the lake's newest files failed: {e}") from e
     return {
@@ -323,7 +323,7 @@ def lake_status(lake: Lake | LakeConfig, *, spool_root: Path | None, now: dateti
         last_compaction = None
         problems.append(str(e))
     try:
-        rollups = rollup.status(lake, now=moment)
+        rollups = rollup.status(lake, now=moment, hours=hours)
     except OSError as e:
         raise LakeError(f"listing the lake's rollups failed: {e}") from e
     return {

@@ -162,10 +162,11 @@ def day_fingerprint(day_hours: list[tuple[int, str]]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def state(lake: Lake | LakeConfig) -> RollupState:
-    """The lake's hours, the rollups that match them today, and the days whose pack matches them."""
+def state(lake: Lake | LakeConfig, hours: list[HourPartition] | None = None) -> RollupState:
+    """The lake's hours (`hours`: a listing the caller already has), the rollups that match them today, and the
+    days whose pack matches them."""
     lake = open_lake(lake)
-    hours = list_hours(lake)
+    hours = list_hours(lake) if hours is None else hours
     found, packs = list_rollups(lake)
     rolled = {}
     per_day: dict[str, list[tuple[int, str]]] = {}
@@ -432,14 +433,14 @@ def rebuild(lake: Lake | LakeConfig, *, now: datetime | None = None) -> dict:
     return report
 
 
-def status(lake: Lake | LakeConfig, *, now: datetime | None = None) -> dict:
+def status(lake: Lake | LakeConfig, *, now: datetime | None = None, hours: list[HourPartition] | None = None) -> dict:
     """How far the rollups are behind: closed hours, rolled-up hours, the stale ones and the lag in seconds.
 
     `lag_s` is 0 when every closed hour is rolled up, else the time since the oldest unrolled closed hour ended.
     """
     lake = open_lake(lake)
     now = now or datetime.now(UTC)
-    current = state(lake)
+    current = state(lake, hours)
     closed = [p for p in current.hours if p.effective_files and is_closed(p.dt, p.hour, now)]
     stale = [p for p in closed if (p.dt, p.hour) not in current.rolled]
     lag = None
